@@ -1,0 +1,67 @@
+"""The ``fastblt`` command line: one sub-command per job.
+
+Each sub-command lives in its own module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their sub-command runs, so ``--help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Nested groups ("data build") use a space in the name.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("fastblt.commands.info", "print a model's parameter breakdown and the patches of a file"),
+    "presets": ("fastblt.commands.presets", "print the parameter breakdown of the named presets next to the paper's"),
+    "data build": ("fastblt.data.corpus", "assemble the training corpus from package-shipped sources"),
+    "train": ("fastblt.training.train", "train a BLT or BLT-D model (and its entropy model)"),
+    "generate": ("fastblt.generation.cli", "generate bytes with BLT, BLT-S, BLT-D or BLT-DV"),
+    "bench": ("fastblt.evaluation.bench", "run the paper's tasks and efficiency metrics for every method"),
+    "demo": ("fastblt.evaluation.demo", "the main job: all four systems on real prompts with the shipped model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastblt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (module, help_text) in COMMANDS.items():
+        parts = name.split()
+        target = sub
+        if len(parts) == 2:
+            if parts[0] not in groups:
+                gp = sub.add_parser(parts[0], help=f"{parts[0]} commands")
+                groups[parts[0]] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+            target = groups[parts[0]]
+        p = target.add_parser(parts[-1], help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:  # a sub-command whose module is not built yet
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"fastblt: '{args.command}' is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        print("fastblt: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # user-facing errors: no traceback
+        print(f"fastblt: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
