@@ -1,0 +1,224 @@
+"""Typed configuration of a BLT model, with named presets.
+
+A :class:`BLTConfig` describes every component of the Byte Latent Transformer (Pagnoni et al.,
+arXiv 2412.09871): the entropy model and patching rule, the local encoder with hash n-gram
+embeddings, the global latent transformer, and the local decoder. BLT-D models (Fast BLT §3.2)
+add ``diffusion_block_size``; they share the architecture.
+
+Ids (BLT convention): byte value b has id b + 4; BOE = 0, BOS = 1, EOS = 2, BPE = 3.
+BLT-D adds two input-only ids past the byte vocabulary: MASK = 260 and BLOCK_PAD = 261.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+OFFSET = 4
+BOE_ID, BOS_ID, EOS_ID, BPE_ID = 0, 1, 2, 3
+VOCAB_SIZE = 260  # 256 bytes + 4 specials: the size of every byte distribution
+MASK_ID = 260  # BLT-D: an absorbing [MASK] slot (input only)
+BLOCK_PAD_ID = 261  # BLT-D: a block slot past the end of the sequence (input only)
+
+
+def ffn_dim_for(dim: int, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU hidden size rule used by BLT: 256 · ceil(int(8·dim/3) / 256)."""
+    return multiple_of * math.ceil(int(8 * dim / 3) / multiple_of)
+
+
+@dataclass
+class StackConfig:
+    """Shape of one transformer stack (pre-norm Llama blocks: RMSNorm, RoPE, SwiGLU, no biases).
+
+    ``window``: sliding-window causal attention length in positions (None = full causal).
+    """
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    ffn_dim: int | None = None
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.ffn_dim is None:
+            self.ffn_dim = ffn_dim_for(self.dim)
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim {self.dim} / heads {self.n_heads} / kv heads {self.n_kv_heads} do not divide")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
+class PatchingConfig:
+    """How bytes are grouped into patches (BLT §2, Fast BLT §4.1).
+
+    mode: "entropy" (entropy model), "static" (fixed ``patch_size``), "space" (after space-like bytes).
+    rule: for entropy mode, "global" (H_t > threshold) or "monotonic" (H_t − H_{t−1} > monotonic_threshold).
+    max_patch_length: split patches longer than this (bytes); None = no limit.
+    """
+
+    mode: str = "entropy"
+    threshold: float = 1.335442066192627
+    rule: str = "global"
+    monotonic_threshold: float = 0.0
+    max_patch_length: int | None = None
+    patch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("entropy", "static", "space"):
+            raise ValueError(f"patching mode must be entropy, static or space, not {self.mode!r}")
+        if self.rule not in ("global", "monotonic"):
+            raise ValueError(f"patching rule must be global or monotonic, not {self.rule!r}")
+        if self.max_patch_length is not None and self.max_patch_length < 1:
+            raise ValueError("max_patch_length must be >= 1 or None")
+        if self.patch_size < 1:
+            raise ValueError("patch_size must be >= 1")
+
+
+@dataclass
+class BLTConfig:
+    """A whole BLT (or BLT-D) model.
+
+    ``double_residual`` reproduces the released weights' cross-attention residual (h = 2h + attn);
+    ``False`` gives the clean single residual (h = h + attn) for from-scratch models.
+    ``diffusion_block_size``: B of a BLT-D model (None for a plain BLT); it adds the MASK and
+    BLOCK_PAD input rows to the encoder byte table.
+    """
+
+    encoder: StackConfig
+    global_: StackConfig
+    decoder: StackConfig
+    entropy: StackConfig | None
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    cross_attn_k: int = 2
+    encoder_cross_attn_all_layers: bool = False
+    decoder_cross_attn_all_layers: bool = True
+    hash_ngram_sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    hash_vocab: int = 500002
+    hash_functions: int = 1
+    double_residual: bool = True
+    max_seq_len: int = 24576
+    diffusion_block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.hash_ngram_sizes = tuple(int(n) for n in self.hash_ngram_sizes)
+        if self.encoder.dim != self.decoder.dim:
+            raise ValueError("the local decoder reads the encoder's byte states: encoder.dim must equal decoder.dim")
+        if self.patching.mode == "entropy" and self.entropy is None:
+            raise ValueError("entropy patching needs an entropy model config")
+        if self.cross_attn_k < 1:
+            raise ValueError("cross_attn_k must be >= 1")
+        if self.diffusion_block_size is not None and self.diffusion_block_size < 1:
+            raise ValueError("diffusion_block_size must be >= 1")
+
+    @property
+    def n_input_ids(self) -> int:
+        """Rows of the encoder byte table: 260, plus MASK and BLOCK_PAD for BLT-D."""
+        return VOCAB_SIZE + (2 if self.diffusion_block_size else 0)
+
+    @property
+    def global_input_dim(self) -> int:
+        return self.encoder.dim * self.cross_attn_k
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hash_ngram_sizes"] = list(self.hash_ngram_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BLTConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown BLTConfig fields: {sorted(unknown)}")
+        for key in ("encoder", "global_", "decoder", "entropy"):
+            if d.get(key) is not None:
+                d[key] = StackConfig(**d[key])
+        if "patching" in d:
+            d["patching"] = PatchingConfig(**d["patching"])
+        return cls(**d)
+
+
+def _local(dim: int, layers: int, heads: int, window: int = 512) -> StackConfig:
+    return StackConfig(dim=dim, n_layers=layers, n_heads=heads, window=window)
+
+
+PRESETS: dict[str, BLTConfig] = {}
+
+
+def preset(name: str, **overrides: Any) -> BLTConfig:
+    """Return a fresh copy of a named preset (``tiny``, ``small``, ``1b``, ``3b``), with overrides.
+
+    Raises ValueError for an unknown name.
+    """
+    if name not in _PRESET_BUILDERS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(_PRESET_BUILDERS)}")
+    cfg = _PRESET_BUILDERS[name]()
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def _tiny() -> BLTConfig:
+    # For tests: < 1M parameters in all.
+    return BLTConfig(
+        encoder=_local(32, 1, 2, window=64),
+        global_=StackConfig(dim=64, n_layers=2, n_heads=2),
+        decoder=_local(32, 2, 2, window=64),
+        entropy=StackConfig(dim=32, n_layers=1, n_heads=2, rope_theta=10000.0, window=64),
+        patching=PatchingConfig(threshold=5.0, max_patch_length=8),
+        hash_ngram_sizes=(3, 4),
+        hash_vocab=257,
+        double_residual=False,
+    )
+
+
+def _small() -> BLTConfig:
+    # The CPU default trained in this repo: ~5M non-hash parameters, 3.1M hash, 0.4M entropy model.
+    return BLTConfig(
+        encoder=_local(128, 1, 4),
+        global_=StackConfig(dim=256, n_layers=4, n_heads=4),
+        decoder=_local(128, 3, 4),
+        entropy=StackConfig(dim=128, n_layers=2, n_heads=4, rope_theta=10000.0, window=512),
+        patching=PatchingConfig(threshold=2.0, max_patch_length=8),
+        hash_vocab=4096,
+        double_residual=False,
+        max_seq_len=8192,
+    )
+
+
+def _paper_1b() -> BLTConfig:
+    # Fast BLT §4.1 / BLT Table 10: global 25 × 2048 (Llama-1B shape), local 1024, k = 2, decoder 9 layers.
+    return BLTConfig(
+        encoder=_local(1024, 1, 16),
+        global_=StackConfig(dim=2048, n_layers=25, n_heads=16),
+        decoder=_local(1024, 9, 16),
+        entropy=StackConfig(dim=768, n_layers=14, n_heads=12, rope_theta=10000.0, window=512),
+    )
+
+
+def _paper_3b() -> BLTConfig:
+    # Global: Llama-3.2-3B-like stack (28 × 3072, 24 heads / 8 KV heads, FFN 8192); k = 2 with a
+    # 2048 → 3072 input projection.
+    return BLTConfig(
+        encoder=_local(1024, 1, 16),
+        global_=StackConfig(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, ffn_dim=8192),
+        decoder=_local(1024, 9, 16),
+        entropy=StackConfig(dim=768, n_layers=14, n_heads=12, rope_theta=10000.0, window=512),
+    )
+
+
+_PRESET_BUILDERS = {"tiny": _tiny, "small": _small, "1b": _paper_1b, "3b": _paper_3b}
+
+# Parameter counts the paper reports (Fast BLT §4.1), hash tables excluded.
+PAPER_COUNTS = {
+    "1b": {"local_encoder": 19e6, "global": 1.28e9, "local_decoder": 160e6},
+    "3b": {"local_encoder": 26e6, "global": 2.82e9, "local_decoder": 160e6},
+}

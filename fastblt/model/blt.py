@@ -1,0 +1,258 @@
+"""The Byte Latent Transformer (Pagnoni et al., arXiv 2412.09871), faithful to the released weights.
+
+Data flow for ids [B, N]:
+    byte + hash n-gram embeddings → local encoder (sliding-window causal) → h_enc [B, N, d_local]
+    patch starts (entropy model) → max-pool + k queries per patch → cross-attention to the
+    patch's own bytes → patch vectors [B, P, k·d_local]
+    global transformer (causal over patches) → latents o [B, P, d_global]
+    local decoder on h_enc, cross-attending in every layer to the k vectors of the latent of the
+    last patch complete before the target byte → RMSNorm → lm_head → logits [B, N, 260].
+
+Module and parameter names follow the transformers ``Blt*`` layout so that HF-format checkpoints
+map one to one (see :mod:`fastblt.checkpoint`). The components are also exposed separately
+(:meth:`BLT.embed`, :meth:`LocalEncoder.pool`, :meth:`LocalDecoder.forward`) so that cached
+generation and the BLT-D objective can drive them with their own positions and masks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import VOCAB_SIZE, BLTConfig, StackConfig
+from ..patching import patches as P
+from .hashing import hash_ngram_ids
+from .layers import Block, CrossAttention, KVCache, RMSNorm, causal_window_mask, rope_cos_sin
+
+
+def _rope(cfg: StackConfig, positions: torch.Tensor, dtype: torch.dtype):
+    return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype)
+
+
+def _key_positions(positions: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
+    """Absolute positions of every key: cached positions 0..L−1 followed by the new ones."""
+    if not caches or caches[0].length == 0:
+        return positions
+    past = torch.arange(caches[0].length, device=positions.device).expand(positions.shape[0], -1)
+    return torch.cat([past, positions], dim=1)
+
+
+class Stack(nn.Module):
+    """A plain stack of blocks with RoPE; ``forward`` takes its own positions and mask."""
+
+    def __init__(self, cfg: StackConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    def run_layers(self, x, positions, mask, caches=None):
+        rope = _rope(self.cfg, positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, caches[i] if caches is not None else None)
+        return x
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.layers]
+
+
+class EntropyModel(Stack):
+    """The small causal byte LM whose next-byte entropies place patch boundaries (BLT §2.3)."""
+
+    def __init__(self, cfg: StackConfig):
+        super().__init__(cfg)
+        self.embed_tokens = nn.Embedding(VOCAB_SIZE, cfg.dim)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
+        """ids LongTensor [B, T] → next-byte logits [B, T, 260] (float32).
+
+        With ``caches``, ids are the next T bytes after the cached ones (positions continue).
+        """
+        b, t = ids.shape
+        if positions is None:
+            start = caches[0].length if caches else 0
+            positions = torch.arange(start, start + t, device=ids.device).expand(b, t)
+        mask = causal_window_mask(positions, _key_positions(positions, caches), self.cfg.window)
+        x = self.run_layers(self.embed_tokens(ids), positions, mask, caches)
+        return self.lm_head(self.norm(x)).float()
+
+
+class LocalEncoder(Stack):
+    def __init__(self, cfg: StackConfig, n_input_ids: int, k: int, all_layers: bool, double_residual: bool):
+        super().__init__(cfg)
+        self.k, self.double_residual = k, double_residual
+        self.embed_tokens = nn.Embedding(n_input_ids, cfg.dim)
+        self.patch_embedding_projection = nn.Linear(cfg.dim, cfg.dim * k, bias=False)
+        n_x = cfg.n_layers if all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(CrossAttention(cfg.dim, cfg.n_heads, cfg.norm_eps) for _ in range(n_x))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Byte embeddings x [B, T, d] → encoder byte states h [B, T, d] (no final norm)."""
+        mask = causal_window_mask(positions, _key_positions(positions, caches), self.cfg.window)
+        return self.run_layers(x, positions, mask, caches)
+
+    def pool(self, h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """Patch vectors by cross-attention pooling (BLT §3.2.2).
+
+        h [B, T, d] byte states; patch_ids LongTensor [B, T] in [0, n_patches) (−1 or ≥ n_patches:
+        ignored). Returns [B, n_patches, k·d]. Queries start as the max-pool of each patch's byte
+        states, projected to k vectors; each attends only to its own patch's bytes.
+        """
+        b, t, d = h.shape
+        valid = (patch_ids >= 0) & (patch_ids < n_patches)
+        idx = torch.where(valid, patch_ids, torch.full_like(patch_ids, n_patches))
+        pooled = h.new_zeros(b, n_patches + 1, d).scatter_reduce(
+            1, idx[..., None].expand(b, t, d), h, reduce="amax", include_self=False)[:, :n_patches]
+        q = self.patch_embedding_projection(pooled).reshape(b, n_patches * self.k, d)
+        q_patch = torch.arange(n_patches, device=h.device).repeat_interleave(self.k)
+        mask = (q_patch[None, :, None] == idx[:, None, :])[:, None]
+        out = self.cross_attn_layers[-1](q, h, mask)
+        if self.double_residual:
+            out = out + q
+        return out.reshape(b, n_patches, self.k * d)
+
+
+class GlobalTransformer(Stack):
+    def __init__(self, cfg: StackConfig, input_dim: int):
+        super().__init__(cfg)
+        self.token_embedding_projection = (
+            nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Patch vectors x [B, P, k·d_local] → latents [B, P, d_global] (causal over patches, no final norm)."""
+        b, p, _ = x.shape
+        if positions is None:
+            start = caches[0].length if caches else 0
+            positions = torch.arange(start, start + p, device=x.device).expand(b, p)
+        if self.token_embedding_projection is not None:
+            x = self.token_embedding_projection(x)
+        mask = causal_window_mask(positions, _key_positions(positions, caches), None)
+        return self.run_layers(x, positions, mask, caches)
+
+
+class LocalDecoder(Stack):
+    def __init__(self, cfg: StackConfig, global_dim: int, k: int, all_layers: bool, double_residual: bool):
+        super().__init__(cfg)
+        self.k, self.all_layers, self.double_residual = k, all_layers, double_residual
+        self.patch_embedding_projection = nn.Linear(global_dim, cfg.dim * k, bias=False)
+        n_x = cfg.n_layers if all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(CrossAttention(cfg.dim, cfg.n_heads, cfg.norm_eps) for _ in range(n_x))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def latent_vectors(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, P, d_global] → the k cross-attention vectors of each: [B, P·k, d_local]."""
+        b, p, _ = latents.shape
+        return self.patch_embedding_projection(latents).reshape(b, p * self.k, self.cfg.dim)
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor, kv: torch.Tensor,
+                cross_mask: torch.Tensor | None, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Decoder hidden states after the final norm, [B, T, d_local].
+
+        h [B, T, d] input rows (encoder byte states, or BLT-D slot embeddings); positions [B, T];
+        self_mask bool [B, 1, T, L_cache + T]; kv [B, M, d] latent vectors from
+        :meth:`latent_vectors`; cross_mask bool [B, 1, T, M] (None: every row sees all of kv).
+        """
+        rope = _rope(self.cfg, positions, h.dtype)
+        for i, layer in enumerate(self.layers):
+            if i == 0 or self.all_layers:
+                out = self.cross_attn_layers[i](h, kv, cross_mask)
+                h = out + h if self.double_residual else out
+            h = layer(h, rope, self_mask, caches[i] if caches is not None else None)
+        return self.norm(h)
+
+
+class BLT(nn.Module):
+    """A BLT or BLT-D model. ``model(ids)`` returns next-byte logits [B, N, 260] (float32)."""
+
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_tables = cfg.hash_functions * len(cfg.hash_ngram_sizes)
+        self.encoder_hash_tok_embedding = nn.Embedding(n_tables * cfg.hash_vocab, cfg.encoder.dim)
+        self.local_encoder = LocalEncoder(cfg.encoder, cfg.n_input_ids, cfg.cross_attn_k,
+                                          cfg.encoder_cross_attn_all_layers, cfg.double_residual)
+        self.global_transformer = GlobalTransformer(cfg.global_, cfg.global_input_dim)
+        self.local_decoder = LocalDecoder(cfg.decoder, cfg.global_.dim, cfg.cross_attn_k,
+                                          cfg.decoder_cross_attn_all_layers, cfg.double_residual)
+        self.lm_head = nn.Linear(cfg.decoder.dim, VOCAB_SIZE, bias=False)
+        self.patcher = EntropyModel(cfg.entropy) if cfg.entropy is not None else None
+        if self.patcher is not None:
+            self.patcher.requires_grad_(False)
+
+    # ----------------------------------------------------------------- pieces
+    def check_ids(self, ids: torch.Tensor, allow_mask_ids: bool = False) -> None:
+        """Raise ValueError unless ids is an integer tensor [B, N] of valid BLT ids."""
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"ids must be a torch.LongTensor [batch, seq], got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"ids must be an integer tensor (torch.long), got {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"ids must have shape [batch, seq], got {tuple(ids.shape)}")
+        if ids.shape[1] == 0:
+            raise ValueError("ids is empty: start sequences with BOS (id 1)")
+        if ids.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {ids.shape[1]} bytes exceeds max_seq_len {self.cfg.max_seq_len}")
+        hi = self.cfg.n_input_ids if allow_mask_ids else VOCAB_SIZE
+        lo_v, hi_v = int(ids.min()), int(ids.max())
+        if lo_v < 0 or hi_v >= hi:
+            raise ValueError(f"ids must lie in [0, {hi}); found values in [{lo_v}, {hi_v}]")
+
+    def embed(self, ids: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Byte + hash n-gram embeddings (BLT eq. 3), summed without normalisation. ids [B, T] → [B, T, d].
+
+        history: optional ids [B, H] that precede ``ids`` (for the n-gram windows of incremental calls).
+        """
+        full = ids if history is None else torch.cat([history, ids], dim=1)
+        rows = hash_ngram_ids(full, self.cfg.hash_ngram_sizes, self.cfg.hash_vocab, self.cfg.hash_functions)
+        rows = rows[:, full.shape[1] - ids.shape[1]:]
+        return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows).sum(-2)
+
+    @torch.no_grad()
+    def entropies(self, ids: torch.Tensor) -> torch.Tensor:
+        """Entropy model next-byte entropies in nats, [B, N] float32."""
+        if self.patcher is None:
+            raise ValueError("this model has no entropy model")
+        return P.entropies_from_logits(self.patcher(ids))
+
+    def patch_starts(self, ids: torch.Tensor) -> torch.Tensor:
+        """Patch starts [B, N + 1] for ids [B, N] with this model's patching rule (see fastblt.patching)."""
+        ent = self.entropies(ids) if self.cfg.patching.mode == "entropy" else None
+        return P.compute_starts(self.cfg.patching, ids, ent)
+
+    def encode(self, ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local encoder + global transformer. Returns (h_enc [B, N, d_local], latents [B, P, d_global])."""
+        b, n = ids.shape
+        pos = torch.arange(n, device=ids.device).expand(b, n)
+        h = self.local_encoder(self.embed(ids), pos)
+        n_p = int(P.num_patches(starts).max())
+        patch_vecs = self.local_encoder.pool(h, P.encoder_patch_ids(starts), n_p)
+        return h, self.global_transformer(patch_vecs)
+
+    def decode_clean(self, h: torch.Tensor, latents: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Causal local decoder over clean bytes (BLT latent rule) → logits [B, N, 260] float32."""
+        b, n, _ = h.shape
+        pos = torch.arange(n, device=h.device).expand(b, n)
+        kv = self.local_decoder.latent_vectors(latents)
+        kv_patch = torch.arange(latents.shape[1], device=h.device).repeat_interleave(self.cfg.cross_attn_k)
+        cross = (P.decoder_patch_ids(starts)[:, :, None] == kv_patch[None, None, :])[:, None]
+        self_mask = causal_window_mask(pos, pos, self.cfg.decoder.window)
+        return self.lm_head(self.local_decoder(h, pos, self_mask, kv, cross)).float()
+
+    # ----------------------------------------------------------------- full forward
+    def forward(self, ids: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-byte logits for every position, the semantics of ``BltForCausalLM(ids).logits``.
+
+        ids: LongTensor [B, N] of BLT ids (byte + 4; BOS = 1 first). starts: optional BoolTensor
+        [B, N + 1] of patch starts (computed with the entropy model when None).
+        Returns float32 [B, N, 260]. Raises ValueError for invalid ids or shapes.
+        """
+        self.check_ids(ids)
+        ids = ids.long()
+        if starts is None:
+            starts = self.patch_starts(ids)
+        elif starts.shape != (ids.shape[0], ids.shape[1] + 1) or starts.dtype != torch.bool:
+            raise ValueError(f"starts must be a bool tensor [B, N + 1] = {(ids.shape[0], ids.shape[1] + 1)}")
+        h, latents = self.encode(ids, starts)
+        return self.decode_clean(h, latents, starts)
