@@ -221,6 +221,12 @@ class BLT(nn.Module):
         ent = self.entropies(ids) if self.cfg.patching.mode == "entropy" else None
         return P.compute_starts(self.cfg.patching, ids, ent)
 
+    def slot_embeddings(self, slot_ids: torch.Tensor) -> torch.Tensor:
+        """BLT-D decoder input of block slots (Fast BLT §3.2.2, D_0 = Embed(x_block^t); the paper leaves
+        the embedding open). Our choice: the encoder byte-table row of the slot's id (a byte id, MASK_ID
+        or BLOCK_PAD_ID), without hash n-grams (n-grams over masks are ill-defined). [B, T] → [B, T, d]."""
+        return self.local_encoder.embed_tokens(slot_ids)
+
     def encode(self, ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local encoder + global transformer. Returns (h_enc [B, N, d_local], latents [B, P, d_global])."""
         b, n = ids.shape
