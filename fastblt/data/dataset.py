@@ -79,6 +79,8 @@ class ByteDataset:
 
         Row ``r`` is BOS followed by ``seq_len`` tokens of the stream from a start drawn from
         ``(seed, step, r)`` alone, so resuming at any step reproduces the same batches."""
+        if self.stream_len == 0:
+            raise ValueError("cannot sample from an empty split")
         rows = np.empty((batch_size, seq_len + 1), dtype=np.int64)
         rows[:, 0] = BOS
         for r in range(batch_size):

@@ -1,0 +1,176 @@
+"""BLT-D layouts: block construction and attention masks (Fast BLT §3.1.1, §3.2, Fig. 3–5).
+
+Training layout. A row holds N input bytes x_0..x_{N−1} and one more byte x_N (the last target).
+Every patch q ≥ 1 whose start s_q ≤ N gets a block of B slots at positions s_q .. s_q + B − 1 that
+reconstructs bytes x_{s_q..s_q+B−1} (BLOCK_PAD past x_N). The decoder runs once on
+[clean rows ; slot rows]:
+- clean rows: causal (sliding window), BLT latent rule — exactly BLT, so the clean loss is BLT's;
+- slot rows of block q: bidirectional inside their block, and clean rows at positions < s_q only
+  (never ≥ s_q: those hold the very bytes being reconstructed — the label leak); no block-to-block
+  attention; the sliding window is measured from the slot's own position;
+- slot rows of block q cross-attend latent o_{q−1}, the patch that ends at s_q − 1;
+- slots keep their absolute positions for RoPE (they repeat clean positions).
+
+Inference layout. After a prefix of N bytes, one block of B slots at positions N .. N + B − 1
+attends every prefix row and the whole block, and the latent of the last prefix patch (the prefix
+end treated as a closed patch). When the prefix ends exactly at a patch boundary this is the
+training layout of that block — :func:`block_logits_inference` and :func:`forward_training_layout`
+must then agree (tested).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BLOCK_PAD_ID, MASK_ID
+from ..patching import patches as P
+from .layers import causal_window_mask
+
+
+@dataclass
+class BlockLayout:
+    """Blocks of a batch in the training layout; Q = max blocks per row, B = block size.
+
+    start: LongTensor [b, Q] block start positions s_q (0 where invalid); latent: LongTensor [b, Q]
+    latent index q − 1; valid: BoolTensor [b, Q]; size: B.
+    """
+
+    start: torch.Tensor
+    latent: torch.Tensor
+    valid: torch.Tensor
+    size: int
+
+    @property
+    def slot_positions(self) -> torch.Tensor:
+        """Absolute positions of all slots, LongTensor [b, Q·B]."""
+        off = torch.arange(self.size, device=self.start.device)
+        return (self.start[:, :, None] + off).flatten(1)
+
+    @property
+    def slot_block(self) -> torch.Tensor:
+        """Block index of every slot, LongTensor [b, Q·B]."""
+        q = torch.arange(self.start.shape[1], device=self.start.device)
+        return q.repeat_interleave(self.size).expand(self.start.shape[0], -1)
+
+    @property
+    def slot_valid(self) -> torch.Tensor:
+        return self.valid.repeat_interleave(self.size, dim=1)
+
+
+def training_blocks(starts: torch.Tensor, block_size: int) -> BlockLayout:
+    """One block per patch q ≥ 1 with start s_q ≤ N (starts: BoolTensor [b, N + 1])."""
+    b = starts.shape[0]
+    rows = [torch.nonzero(starts[r, 1:], as_tuple=False).flatten() + 1 for r in range(b)]
+    q_max = max(1, max(len(x) for x in rows))
+    start = torch.zeros(b, q_max, dtype=torch.long, device=starts.device)
+    valid = torch.zeros(b, q_max, dtype=torch.bool, device=starts.device)
+    for r, s in enumerate(rows):
+        start[r, : len(s)] = s
+        valid[r, : len(s)] = True
+    latent = torch.arange(q_max, device=starts.device).expand(b, -1).clone()  # block q (1-based patch q+1) → o_q
+    return BlockLayout(start=start, latent=latent, valid=valid, size=block_size)
+
+
+def block_targets(row: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Clean ids of every slot, BLOCK_PAD_ID past the row end or in invalid blocks.
+
+    row: LongTensor [b, N + 1] (inputs plus the final target byte). Returns [b, Q·B].
+    """
+    pos = layout.slot_positions
+    inside = (pos < row.shape[1]) & layout.slot_valid
+    vals = row.gather(1, pos.clamp(max=row.shape[1] - 1))
+    return torch.where(inside, vals, torch.full_like(vals, BLOCK_PAD_ID))
+
+
+def corrupt(targets: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Absorbing-state noise: each non-pad slot becomes MASK_ID with probability t (per row).
+
+    targets [b, S] ids; t [b] in (0, 1]. BLOCK_PAD slots stay BLOCK_PAD (never masked, never scored).
+    """
+    u = torch.rand(targets.shape, generator=generator, device=targets.device)
+    masked = (u < t[:, None]) & (targets != BLOCK_PAD_ID)
+    return torch.where(masked, torch.full_like(targets, MASK_ID), targets)
+
+
+def training_masks(starts: torch.Tensor, layout: BlockLayout, n_latents: int, k: int,
+                   window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder masks for [clean (N rows) ; slots (Q·B rows)].
+
+    Returns (self_mask bool [b, 1, T, T], cross_mask bool [b, 1, T, n_latents·k]) with T = N + Q·B.
+    """
+    b, n1 = starts.shape
+    n = n1 - 1
+    dev = starts.device
+    clean_pos = torch.arange(n, device=dev).expand(b, n)
+    slot_pos = layout.slot_positions
+    s = slot_pos.shape[1]
+    slot_start = layout.start.repeat_interleave(layout.size, dim=1)
+    slot_block, slot_valid = layout.slot_block, layout.slot_valid
+
+    cc = causal_window_mask(clean_pos, clean_pos, window)[:, 0]
+    cs = torch.zeros(b, n, s, dtype=torch.bool, device=dev)
+    sc = clean_pos[:, None, :] < slot_start[:, :, None]
+    if window is not None:
+        sc = sc & ((slot_pos[:, :, None] - clean_pos[:, None, :]) < window)
+    ss = (slot_block[:, :, None] == slot_block[:, None, :]) & slot_valid[:, :, None] & slot_valid[:, None, :]
+    self_mask = torch.cat([torch.cat([cc, cs], 2), torch.cat([sc, ss], 2)], 1)[:, None]
+
+    kv_latent = torch.arange(n_latents, device=dev).repeat_interleave(k)
+    clean_lat = P.decoder_patch_ids(starts)
+    slot_lat = torch.where(slot_valid, layout.latent.repeat_interleave(layout.size, dim=1), torch.full_like(slot_block, -1))
+    lat = torch.cat([clean_lat, slot_lat], 1)
+    cross_mask = (lat[:, :, None] == kv_latent[None, None, :])[:, None]
+    return self_mask, cross_mask
+
+
+def forward_training_layout(model, ids: torch.Tensor, starts: torch.Tensor, slot_ids: torch.Tensor,
+                            layout: BlockLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """One BLT-D training forward (Fast BLT Fig. 5): encoder + global on clean bytes only, then the
+    decoder once on [clean ; slots].
+
+    ids [b, N] clean inputs; starts [b, N + 1]; slot_ids [b, Q·B] (corrupted block contents).
+    Returns (clean_logits [b, N, 260], slot_logits [b, Q·B, 260]), float32.
+    """
+    b, n = ids.shape
+    h, latents = model.encode(ids, starts)
+    n_lat = latents.shape[1]
+    if layout.valid.any():
+        # blocks whose latent index is past the encoded patches cannot occur: s_q ≤ N ⇒ q − 1 < P
+        assert int(layout.latent[layout.valid].max()) < n_lat
+    x = torch.cat([h, model.slot_embeddings(slot_ids)], 1)
+    pos = torch.cat([torch.arange(n, device=ids.device).expand(b, n), layout.slot_positions], 1)
+    self_mask, cross_mask = training_masks(starts, layout, n_lat, model.cfg.cross_attn_k, model.cfg.decoder.window)
+    out = model.local_decoder(x, pos, self_mask, model.local_decoder.latent_vectors(latents), cross_mask)
+    logits = model.lm_head(out).float()
+    return logits[:, :n], logits[:, n:]
+
+
+def block_logits_inference(model, prefix: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
+    """Reference (uncached) BLT-D block pass in the inference layout (Fast BLT §3.1.1, Algorithm 1).
+
+    prefix [1, N] clean ids (BOS first); slot_ids [1, B] block contents (MASK_ID where unknown).
+    The prefix is patched with the entropy patcher and its end treated as a closed patch; block rows
+    attend the whole prefix and the whole block and cross-attend the last latent.
+    Returns slot logits [1, B, 260] float32.
+    """
+    b, n = prefix.shape
+    bsz = slot_ids.shape[1]
+    starts = model.patch_starts(prefix)
+    h, latents = model.encode(prefix, starts)
+    n_lat = latents.shape[1]
+    clean_pos = torch.arange(n, device=prefix.device).expand(b, n)
+    slot_pos = torch.arange(n, n + bsz, device=prefix.device).expand(b, bsz)
+    window = model.cfg.decoder.window
+    cc = causal_window_mask(clean_pos, clean_pos, window)[:, 0]
+    cs = torch.zeros(b, n, bsz, dtype=torch.bool, device=prefix.device)
+    sc = causal_window_mask(slot_pos, clean_pos, window)[:, 0]
+    ss = torch.ones(b, bsz, bsz, dtype=torch.bool, device=prefix.device)
+    self_mask = torch.cat([torch.cat([cc, cs], 2), torch.cat([sc, ss], 2)], 1)[:, None]
+    kv_latent = torch.arange(n_lat, device=prefix.device).repeat_interleave(model.cfg.cross_attn_k)
+    lat = torch.cat([P.decoder_patch_ids(starts), torch.full((b, bsz), n_lat - 1, device=prefix.device)], 1)
+    cross_mask = (lat[:, :, None] == kv_latent[None, None, :])[:, None]
+    x = torch.cat([h, model.slot_embeddings(slot_ids)], 1)
+    out = model.local_decoder(x, torch.cat([clean_pos, slot_pos], 1), self_mask,
+                              model.local_decoder.latent_vectors(latents), cross_mask)
+    return model.lm_head(out[:, n:]).float()
