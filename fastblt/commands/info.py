@@ -1,0 +1,51 @@
+"""``fastblt info``: a model's parameter breakdown and the entropy patches of a real file."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load
+from ..config import BOS_ID, OFFSET
+from ..model.params import param_breakdown
+from ..patching import patches as P
+from .presets import COMPONENTS, _fmt
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (ours or HF format; default: the shipped model)")
+    p.add_argument("--file", default=None, help="file whose first bytes to patch (default: this module's source)")
+    p.add_argument("--bytes", type=int, default=240, help="how many bytes of the file to patch (default 240)")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    counts = param_breakdown(model)
+    print(f"model: {args.model}")
+    for comp in COMPONENTS:
+        print(f"  {comp:<15} {_fmt(counts[comp]):>10}")
+    cfg = model.cfg
+    print(f"  patching: {cfg.patching.mode}, threshold {cfg.patching.threshold:.4f} nats, max patch "
+          f"{cfg.patching.max_patch_length}; BLT-D block size: {cfg.diffusion_block_size}")
+    path = Path(args.file) if args.file else Path(__file__)
+    if args.bytes < 1:
+        raise ValueError("--bytes must be >= 1")
+    data = path.read_bytes()[: args.bytes]
+    if not data:
+        raise ValueError(f"{path} is empty")
+    ids = torch.tensor([[BOS_ID] + [b + OFFSET for b in data]])
+    with torch.no_grad():
+        starts = model.patch_starts(ids)
+    lengths = [x for x in P.patch_lengths(starts)[0].tolist() if x > 0]
+    print(f"\n{path} ({len(data)} bytes) -> {len(lengths)} patches, mean {len(data) / max(1, len(lengths) - 1):.2f} bytes "
+          "(BOS patch excluded); patches shown as |...|:")
+    pos, out = 0, []
+    full = bytes([0]) + data
+    for ln in lengths:
+        out.append(full[pos : pos + ln].decode("utf-8", "replace").replace("\x00", "<s>"))
+        pos += ln
+    print("|" + "|".join(out) + "|")
+    return 0
