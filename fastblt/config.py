@@ -189,7 +189,6 @@ def _small() -> BLTConfig:
         entropy=StackConfig(dim=128, n_layers=2, n_heads=4, rope_theta=10000.0, window=512),
         patching=PatchingConfig(threshold=2.0, max_patch_length=8),
         hash_vocab=4096,
-        double_residual=False,
         max_seq_len=8192,
     )
 
