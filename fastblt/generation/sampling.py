@@ -1,0 +1,115 @@
+"""Next-byte sampling: greedy, temperature, top-k and top-p with a seeded generator per call.
+
+Order of operations (as in transformers): suppress special ids → temperature → top-k → top-p →
+sample. Temperature 0 means greedy (argmax; ties go to the lowest id). The ids BOE (0), BOS (1)
+and BPE (3) are never generated: they are not bytes, and a random model would otherwise emit
+them; EOS (2) stays allowed and ends generation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import BOE_ID, BOS_ID, BPE_ID
+
+SUPPRESSED_IDS = (BOE_ID, BOS_ID, BPE_ID)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. temperature ≥ 0 (0 = greedy); top_k ≥ 1 or None; top_p in (0, 1] or None.
+
+    Raises ValueError for out-of-range values.
+    """
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got {k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] or None, got {p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def suppress(logits: torch.Tensor) -> torch.Tensor:
+    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE) set to −inf."""
+    out = logits.float().clone()
+    out[..., list(SUPPRESSED_IDS)] = float("-inf")
+    return out
+
+
+def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Logits [..., V] after suppression, temperature, top-k and top-p (removed ids at −inf).
+
+    Only meaningful for temperature > 0.
+    """
+    x = suppress(logits) / params.temperature
+    if params.top_k is not None and params.top_k < x.shape[-1]:
+        kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if params.top_p is not None and params.top_p < 1:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely ids
+        drop_sorted = before >= params.top_p  # keeps the smallest prefix reaching top_p (≥ 1 id)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return x
+
+
+def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a :class:`Sampler` draws from: [..., V] float32 (one-hot when greedy)."""
+    if params.greedy:
+        return torch.nn.functional.one_hot(suppress(logits).argmax(-1), logits.shape[-1]).float()
+    return filtered_logits(logits, params).softmax(-1)
+
+
+class Sampler:
+    """Draws next bytes with ``params`` from a ``torch.Generator`` seeded once per generation call.
+
+    seed None draws a fresh random seed (reported as ``self.seed``).
+    """
+
+    def __init__(self, params: SamplingParams, seed: int | None = None, device: torch.device | str = "cpu"):
+        self.params = params
+        self.generator = torch.Generator(device=device)
+        if seed is None:
+            self.seed = int(self.generator.seed())
+        else:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"seed must be an integer or None, got {seed!r}")
+            self.seed = seed
+            self.generator.manual_seed(seed)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] → ids LongTensor [B]."""
+        if self.params.greedy:
+            return suppress(logits).argmax(-1)
+        probs = filtered_logits(logits, self.params).softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """Batch-1 convenience: logits [1, V] (or [V]) → one id."""
+        return int(self.sample(logits.reshape(1, -1))[0])
+
+    @staticmethod
+    def draft_pick(logits: torch.Tensor) -> int:
+        """Draft byte for speculation: the argmax of logits [1, V] (or [V]) with specials suppressed.
+
+        Under the match rule a drafted byte d is accepted with probability p_target(d); drafting the
+        mode of the drafter's distribution maximises that, so drafts are greedy at any temperature.
+        """
+        return int(suppress(logits.reshape(-1)).argmax())

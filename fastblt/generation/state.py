@@ -1,0 +1,248 @@
+"""Incremental BLT state with KV caches (BLT §2–3; blt-architecture.md §c.3; Fast BLT §4.4).
+
+One sequence (batch 1; tensors keep the batch axis). Four components, each with its own KV
+caches and its own frontier (how many bytes or patches it has processed):
+
+    bytes  ids[0..N)        → entropy model (n_pat bytes: patch starts known up to column n_pat)
+                            → local encoder (n_enc bytes: byte states h [1, n_enc, d_local])
+    closed patches          → pooling + global transformer (n_glob latents; kv [1, n_glob·k, d_local])
+    decoder rows            → local decoder (n_dec rows, KV cache)
+
+Patch p spans bytes [starts_idx[p], starts_idx[p+1]); it is *closed* once its successor start is
+known, i.e. patches 0 .. len(starts_idx) − 2 are closed. Decoder row i (predicting byte i + 1)
+reads the latent of patch ``bisect_right(starts_idx, i + 1) − 2``: the most recently closed patch
+once we know whether byte i + 1 starts a new one (patches.decoder_patch_ids).
+
+Every component call processes all pending items at once, so prefill, a one-byte step and a
+speculative verification pass are the same four calls (:meth:`BLTState.extend`). Drafting
+(BLT-S, BLT-DV) runs decoder rows on a caller-chosen latent (:meth:`decode` with ``kv``) and
+then rolls them back (:meth:`crop_decoder`); :meth:`rollback` drops rejected bytes everywhere.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import torch
+
+from ..model.blt import BLT
+from ..model.layers import KVCache, causal_window_mask
+from ..patching import patches as P
+
+
+@dataclass
+class Counters:
+    """Calls made so far (network function evaluations, Fast BLT §8.4 / §11.7).
+
+    decoder_nfe: local-decoder forward calls (each may cover several rows);
+    global_nfe: calls in which the global transformer ran (with the local encoder's patch pooling);
+    entropy_nfe: entropy-model calls; encoder_steps: local-encoder layer-stack calls;
+    iterations / drafted_bytes / accepted_bytes: speculative methods (Algorithm 2).
+    """
+
+    decoder_nfe: int = 0
+    global_nfe: int = 0
+    entropy_nfe: int = 0
+    encoder_steps: int = 0
+    iterations: int = 0
+    drafted_bytes: int = 0
+    accepted_bytes: int = 0
+
+
+def _crop(caches: list[KVCache], n: int) -> None:
+    for c in caches:
+        c.crop(min(n, c.length))
+
+
+class BLTState:
+    """Cached incremental BLT for one sequence. See the module docstring for the frontiers.
+
+    model: a :class:`BLT` in eval mode; counters: shared :class:`Counters` (a new one if None).
+    Call under ``torch.inference_mode()`` or ``torch.no_grad()``.
+    """
+
+    def __init__(self, model: BLT, counters: Counters | None = None):
+        self.model, self.cfg = model, model.cfg
+        self.counters = counters if counters is not None else Counters()
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.k = self.cfg.cross_attn_k
+        self.history = max(self.cfg.hash_ngram_sizes) - 1  # bytes of n-gram context an encoder step needs
+        self.ids: list[int] = []
+        self.entropies: list[float] = []  # H_j for j < n_pat (entropy mode)
+        self.starts_idx: list[int] = [0]  # columns j <= n_pat with starts[j] = True
+        self.n_pat = self.n_enc = self.n_glob = self.n_dec = 0
+        self.h = torch.empty(1, 0, self.cfg.encoder.dim, device=self.device, dtype=self.dtype)
+        self.kv = torch.empty(1, 0, self.cfg.decoder.dim, device=self.device, dtype=self.dtype)
+        self.ent_caches = model.patcher.new_caches() if model.patcher is not None else []
+        self.enc_caches = model.local_encoder.new_caches()
+        self.glob_caches = model.global_transformer.new_caches()
+        self.dec_caches = model.local_decoder.new_caches()
+
+    # ------------------------------------------------------------------ helpers
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_closed(self) -> int:
+        """Patches whose last byte is known (their successor start is decided)."""
+        return len(self.starts_idx) - 1
+
+    def _tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def _positions(self, lo: int, hi: int) -> torch.Tensor:
+        return torch.arange(lo, hi, device=self.device)[None]
+
+    def row_patch(self, i: int) -> int:
+        """Index of the latent read by decoder row i (needs the start decision of column i + 1)."""
+        return bisect_right(self.starts_idx, i + 1) - 2
+
+    def latent_vectors(self, patch: int) -> torch.Tensor:
+        """The k decoder cross-attention vectors of one computed latent: [1, k, d_local]."""
+        return self.kv[:, patch * self.k:(patch + 1) * self.k]
+
+    def last_latent_vectors(self) -> torch.Tensor:
+        """Vectors of the most recently closed (and computed) patch: [1, k, d_local]."""
+        return self.latent_vectors(self.n_glob - 1)
+
+    # ------------------------------------------------------------------ components
+    def append(self, ids: list[int]) -> None:
+        """Add byte ids to the sequence (nothing runs yet)."""
+        self.ids.extend(int(i) for i in ids)
+
+    def patch(self, upto: int | None = None) -> None:
+        """Decide patch starts for columns n_pat + 1 .. upto (one entropy-model call in entropy mode)."""
+        upto = len(self.ids) if upto is None else upto
+        lo = self.n_pat
+        if upto <= lo:
+            return
+        pcfg = self.cfg.patching
+        if pcfg.mode == "entropy":
+            logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches)
+            self.entropies.extend(P.entropies_from_logits(logits)[0].tolist())
+            self.counters.entropy_nfe += 1
+        for j in range(lo + 1, upto + 1):  # column j: does byte j start a patch?
+            h1 = self.entropies[j - 1] if pcfg.mode == "entropy" else None
+            h2 = self.entropies[j - 2] if pcfg.mode == "entropy" and j >= 2 else None
+            if P.is_patch_start(pcfg, h1, h2, self.ids[j - 1], j - self.starts_idx[-1], j):
+                self.starts_idx.append(j)
+        self.n_pat = upto
+
+    def encode(self, upto: int | None = None) -> None:
+        """Local-encoder states of bytes n_enc .. upto − 1 (one call)."""
+        upto = len(self.ids) if upto is None else upto
+        lo = self.n_enc
+        if upto <= lo:
+            return
+        hist = self.ids[max(0, lo - self.history):lo]
+        x = self.model.embed(self._tensor(self.ids[lo:upto]), history=self._tensor(hist) if hist else None)
+        h = self.model.local_encoder(x, self._positions(lo, upto), self.enc_caches)
+        self.h = torch.cat([self.h, h], dim=1)
+        self.n_enc = upto
+        self.counters.encoder_steps += 1
+
+    def close_patches(self, provisional: bool = False) -> torch.Tensor | None:
+        """Pool every closed patch without a latent and run the global transformer on them (one call).
+
+        provisional: also pool the open patch (bytes starts_idx[-1] .. n_pat − 1) as if it were
+        closed, in the same call, and return the k decoder vectors of the newest latent
+        ([1, k, d_local]; BLT-D / paper-schedule BLT-S drafting latent, Fast BLT §4.2); the open
+        patch's latent is not kept in the cache. Returns None when not provisional.
+        """
+        if self.n_enc < self.n_pat:
+            raise RuntimeError("encode the patched bytes before closing patches")
+        lo_p, hi_p = self.n_glob, self.n_closed
+        spans = [(self.starts_idx[p], self.starts_idx[p + 1]) for p in range(lo_p, hi_p)]
+        open_span = (self.starts_idx[-1], self.n_pat)
+        with_open = provisional and open_span[1] > open_span[0]
+        if with_open:
+            spans.append(open_span)
+        if spans:
+            b0, b1 = spans[0][0], spans[-1][1]
+            pid = torch.full((1, b1 - b0), -1, dtype=torch.long, device=self.device)
+            for q, (s, e) in enumerate(spans):
+                pid[0, s - b0:e - b0] = q
+            vecs = self.model.local_encoder.pool(self.h[:, b0:b1], pid, len(spans))
+            latents = self.model.global_transformer(vecs, caches=self.glob_caches)
+            self.counters.global_nfe += 1
+            kv = self.model.local_decoder.latent_vectors(latents)
+            self.kv = torch.cat([self.kv, kv[:, :(hi_p - lo_p) * self.k]], dim=1)
+            self.n_glob = hi_p
+            if with_open:
+                _crop(self.glob_caches, hi_p)
+                return kv[:, -self.k:]
+        return self.last_latent_vectors() if provisional else None
+
+    def decode(self, upto: int | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder rows n_dec .. upto − 1 (one call) → logits [1, T, 260] float32.
+
+        kv None: each row reads its own latent (BLT rule; needs patch starts through column upto
+        and the closed patches computed). kv [1, k, d_local]: every row reads these vectors
+        (drafting; roll the rows back with :meth:`crop_decoder` before verifying).
+        """
+        upto = len(self.ids) if upto is None else upto
+        lo = self.n_dec
+        if upto <= lo or upto > self.n_enc:
+            raise RuntimeError(f"cannot decode rows {lo}..{upto} with {self.n_enc} encoded bytes")
+        cross = None
+        if kv is None:
+            if self.n_pat < upto:
+                raise RuntimeError("patch the bytes before decoding them with their own latents")
+            rows = [self.row_patch(i) for i in range(lo, upto)]
+            first, last = rows[0], rows[-1]
+            if last >= self.n_glob:
+                raise RuntimeError("close the patches before decoding")
+            kv = self.kv[:, first * self.k:(last + 1) * self.k]
+            if last > first:
+                rel = torch.tensor(rows, device=self.device) - first
+                kv_patch = torch.arange(last - first + 1, device=self.device).repeat_interleave(self.k)
+                cross = (rel[:, None] == kv_patch[None, :])[None, None]
+        pos = self._positions(lo, upto)
+        self_mask = causal_window_mask(pos, self._positions(0, upto), self.cfg.decoder.window)
+        out = self.model.local_decoder(self.h[:, lo:upto], pos, self_mask, kv, cross, self.dec_caches)
+        self.n_dec = upto
+        self.counters.decoder_nfe += 1
+        return self.model.lm_head(out).float()
+
+    # ------------------------------------------------------------------ whole steps
+    def extend(self, ids: list[int]) -> torch.Tensor:
+        """Append bytes and run every component once over them (prefill, a cached step, or a
+        verification pass). Returns the logits of the new rows [1, len(ids), 260] float32."""
+        self.append(ids)
+        return self.advance()
+
+    def advance(self) -> torch.Tensor:
+        """Bring every component up to the end of the sequence; logits of the new decoder rows."""
+        self.patch()
+        self.encode()
+        self.close_patches()
+        return self.decode()
+
+    def crop_decoder(self, n: int) -> None:
+        """Forget decoder rows ≥ n (drafted rows)."""
+        self.n_dec = min(self.n_dec, n)
+        _crop(self.dec_caches, self.n_dec)
+
+    def rollback(self, n: int) -> None:
+        """Keep only the first n bytes: crop every frontier, cache and patch decision past them."""
+        if n < 0 or n > len(self.ids):
+            raise ValueError(f"cannot roll back a sequence of {len(self.ids)} bytes to {n}")
+        del self.ids[n:]
+        self.n_pat = min(self.n_pat, n)
+        del self.entropies[self.n_pat:]
+        self.starts_idx = self.starts_idx[:bisect_right(self.starts_idx, self.n_pat)]
+        _crop(self.ent_caches, self.n_pat if self.cfg.patching.mode == "entropy" else 0)
+        self.n_enc = min(self.n_enc, n)
+        self.h = self.h[:, :self.n_enc]
+        _crop(self.enc_caches, self.n_enc)
+        self.n_glob = min(self.n_glob, self.n_closed)
+        self.kv = self.kv[:, :self.n_glob * self.k]
+        _crop(self.glob_caches, self.n_glob)
+        self.crop_decoder(n)
+
+    def starts(self) -> torch.Tensor:
+        """Patch starts decided so far as a BoolTensor [1, n_pat + 1] (patches.compute_starts layout)."""
+        s = torch.zeros(1, self.n_pat + 1, dtype=torch.bool)
+        s[0, self.starts_idx] = True
+        return s
