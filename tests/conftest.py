@@ -3,6 +3,10 @@ import torch
 
 import fastblt
 
+# Tests run on shared 2-core machines: one intra-op thread avoids oversubscription (a 50x slowdown
+# was measured with the default two threads next to another busy process).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _float32_and_seed():
