@@ -34,6 +34,8 @@ METHODS: dict[str, str] = {
     "blt": "fastblt.generation.blt:generate_blt",
     "blt-uncached": "fastblt.generation.blt:generate_blt_uncached",
     "blt-s": "fastblt.generation.blt_s:generate_blt_s",
+    "blt-d": "fastblt.generation.blt_d:generate_blt_d",
+    "blt-dv": "fastblt.generation.blt_dv:generate_blt_dv",
 }
 
 
@@ -100,7 +102,10 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
     """Generate up to ``max_new_bytes`` bytes after ``prompt`` (the model sees BOS + prompt bytes).
 
     method: "blt" (cached), "blt-uncached" (full recompute per byte), "blt-s" (self-speculation,
-    options ``draft_length`` k and ``schedule`` "paper"|"fused"), or any registered method.
+    options ``draft_length`` k and ``schedule`` "paper"|"fused"), "blt-d" (block diffusion, BLT-D
+    models only; options ``block_size``, ``unmask`` "confidence"|"entropy"|"one-step", ``alpha``,
+    ``gamma``, ``max_steps_per_block``), "blt-dv" (diffusion draft + verification; the same
+    options and ``schedule``), or any registered method.
     temperature 0 = greedy; top_k / top_p filter the distribution; ``seed`` seeds a fresh
     torch.Generator for this call (None: random, reported in stats["seed"]).
     stop: byte/str strings; the result ends at the first one (included). EOS ends without being
@@ -108,8 +113,11 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
     concatenation equals ``result.bytes``.
 
     stats: new_bytes, decoder_nfe, global_nfe (E+G calls as run), global_nfe_paper (2 per
-    speculative iteration; = global_nfe otherwise), entropy_nfe, encoder_steps, iterations,
+    speculative iteration; = global_nfe otherwise), entropy_nfe, encoder_steps, iterations
+    (speculative iterations; blocks for BLT-D),
     drafted_bytes, accepted_bytes, acceptance_rate (accepted / drafted; None without drafts),
+    diffusion_steps (decoder passes spent unmasking blocks; 0 for non-diffusion methods),
+    bytes_per_decoder_pass (new_bytes / decoder_nfe; None without decoder calls),
     est_bandwidth_gb, est_bandwidth_gb_paper_counting, est_bandwidth_gb_3b (eq. 8; the same NFEs
     with the paper's 3B parameter counts), seconds, bytes_per_second, seed.
 
@@ -149,6 +157,8 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
         "global_nfe_paper": g_paper, "entropy_nfe": c.entropy_nfe, "encoder_steps": c.encoder_steps,
         "iterations": c.iterations, "drafted_bytes": c.drafted_bytes, "accepted_bytes": c.accepted_bytes,
         "acceptance_rate": c.accepted_bytes / c.drafted_bytes if c.drafted_bytes else None,
+        "diffusion_steps": c.diffusion_steps,
+        "bytes_per_decoder_pass": n / c.decoder_nfe if c.decoder_nfe else None,
         **bandwidth_stats(model, c.decoder_nfe, c.global_nfe, g_paper),
         "seconds": seconds, "bytes_per_second": n / seconds if seconds > 0 else 0.0, "seed": ctx.sampler.seed,
         **kwargs,

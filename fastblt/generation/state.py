@@ -47,6 +47,7 @@ class Counters:
     iterations: int = 0
     drafted_bytes: int = 0
     accepted_bytes: int = 0
+    diffusion_steps: int = 0
 
 
 def _crop(caches: list[KVCache], n: int) -> None:

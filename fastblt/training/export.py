@@ -1,0 +1,88 @@
+"""Export a trained run as a shipped model and report its held-out figures.
+
+    python -m fastblt.training.export --run runs/bltd --out fastblt/assets/default_model
+
+Loads ``RUN/last``, measures held-out bits per byte on ``code_test`` and ``prose_test``
+(:func:`fastblt.data.heldout.load_heldout`; each record is scored as BOS + bytes + EOS, cut to
+``--max-bytes``, next-byte CE in bits averaged over all predicted bytes), and for BLT-D the
+masked-slot accuracy in the training and inference layouts on val rows; then saves the model in
+bf16 with these figures in ``config.json["training"]`` (must stay ≤ ``--max-mb``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import checkpoint
+from ..config import BOS_ID, EOS_ID, OFFSET
+from ..data.heldout import load_heldout
+from .objectives import LN2, masked_slot_accuracy
+from .train import VAL_SEED, open_split, resolve_model_dir
+
+
+@torch.no_grad()
+def heldout_bpb(model, name: str, max_bytes: int = 2048) -> float:
+    """Bits per byte of ``model`` on the held-out set ``name`` (records {"id", "text"})."""
+    nats = 0.0
+    count = 0
+    for rec in load_heldout(name):
+        data = rec["text"].encode("utf-8")[:max_bytes]
+        ids = torch.tensor([[BOS_ID] + [b + OFFSET for b in data] + [EOS_ID]])
+        logits = model(ids[:, :-1])
+        nats += float(F.cross_entropy(logits[0], ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    return nats / count / LN2
+
+
+def evaluate_model(model, data: str | Path | None, block_size: int | None, rows: int = 4, seq_len: int = 512,
+                   max_blocks: int = 64) -> dict[str, Any]:
+    """Held-out bpb (code, prose) and, for BLT-D, masked-slot accuracy in both layouts (t = 0.5)."""
+    res: dict[str, Any] = {"code_test_bpb": heldout_bpb(model, "code_test"),
+                           "prose_test_bpb": heldout_bpb(model, "prose_test")}
+    if block_size and data is not None:
+        batch = open_split(data, "val").sample_batch(0, rows, seq_len, seed=VAL_SEED)
+        for lay in ("training", "inference"):
+            res[f"masked_acc_{lay}"] = masked_slot_accuracy(model, batch, block_size, lay, max_blocks=max_blocks)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="training run folder (uses RUN/last)")
+    p.add_argument("--out", required=True, help="export folder, e.g. fastblt/assets/default_model")
+    p.add_argument("--data", default="data_cache/corpus", help="corpus (val rows for masked-slot accuracy)")
+    p.add_argument("--max-mb", type=float, default=25.0)
+    a = p.parse_args(argv)
+    try:
+        run = Path(a.run)
+        model = checkpoint.load(resolve_model_dir(run))
+        model = model.to(torch.bfloat16).float()  # score the weights as shipped (bf16)
+        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+        figures = evaluate_model(model, a.data, model.cfg.diffusion_block_size)
+        rc, result = info.get("run_config", {}), info.get("result", {})
+        extra = {"training": {"objective": rc.get("objective"), "preset": rc.get("preset"),
+                              "steps": result.get("step"), "batch_size": rc.get("batch_size"),
+                              "seq_len": rc.get("seq_len"), "lr": rc.get("lr"), "val_bpb": result.get("val_bpb"),
+                              "wall_s": result.get("wall_s"), "bytes_per_s": result.get("bytes_per_s"),
+                              "stop_reason": result.get("stop_reason"), **figures}}
+        checkpoint.save(model, a.out, dtype=torch.bfloat16, extra=extra)
+        size = sum(f.stat().st_size for f in Path(a.out).iterdir()) / 2**20
+        if size > a.max_mb:
+            raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {a.run} → {a.out} ({size:.1f} MB, bf16)")
+    for k, v in figures.items():
+        print(f"  {k:>24}: {v:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
