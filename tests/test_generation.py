@@ -321,3 +321,14 @@ def test_cli_without_model_explains_missing_default(capsysbinary):
         pytest.skip("a default model is shipped")
     assert main(["generate", "hi"]) != 0
     assert b"--model" in capsysbinary.readouterr().err
+
+
+def test_ignore_eos_generates_exactly_n_bytes_and_keeps_the_contracts():
+    from conftest import tiny_model as _tiny
+
+    m = _tiny(diffusion_block_size=4)
+    ref = generate(m, b"", method="blt", max_new_bytes=48, ignore_eos=True)
+    assert len(ref.bytes) == 48 and ref.stop_reason == "length" and ref.stats["decoder_nfe"] == 48
+    for method, kw in (("blt-s", {"draft_length": 4}), ("blt-dv", {}), ("blt-uncached", {})):
+        assert generate(m, b"", method=method, max_new_bytes=48, ignore_eos=True, **kw).bytes == ref.bytes, method
+    assert len(generate(m, b"", method="blt-d", max_new_bytes=48, ignore_eos=True).bytes) == 48

@@ -41,7 +41,7 @@ class MethodSpec:
 
 def default_specs(block_size: int | None, quick: bool = False) -> list[MethodSpec]:
     """The paper's sweep (Tables 3–10) for a model trained with ``block_size`` (None: plain BLT)."""
-    specs = [MethodSpec("BLT", "blt")]
+    specs = [MethodSpec("BLT", "blt"), MethodSpec("BLT uncached", "blt-uncached")]
     for k in ((8,) if quick else (4, 8, 16)):
         specs.append(MethodSpec(f"BLT-S k={k}", "blt-s", {"draft_length": k}))
     if block_size:
@@ -71,11 +71,13 @@ def specs_from_toml(path: str) -> tuple[list[MethodSpec], dict[str, Any]]:
     return specs, data.get("bench", {})
 
 
-def _generator(model, spec: MethodSpec, seed: int):
+def _generator(model, spec: MethodSpec, seed: int, fixed_length: bool):
+    """A tasks.GenerateFn; in fixed-length mode EOS is never generated (exactly L bytes, as the paper counts)."""
     from ..generation.api import generate
 
     def fn(prompt: bytes, max_new_bytes: int, stops: list[bytes]):
-        return generate(model, prompt, method=spec.method, max_new_bytes=max_new_bytes, stop=stops, seed=seed, **spec.kwargs)
+        return generate(model, prompt, method=spec.method, max_new_bytes=max_new_bytes, stop=stops, seed=seed,
+                        ignore_eos=fixed_length, **spec.kwargs)
 
     return fn
 
@@ -94,7 +96,7 @@ def _nll_fn(model):
 
 def run_task(model, spec: MethodSpec, task: str, limit: int | None, max_new_bytes: int, fixed_length: bool,
              seed: int, progress: bool) -> T.TaskResult:
-    gen = _generator(model, spec, seed)
+    gen = _generator(model, spec, seed, fixed_length)
     if task == "humaneval":
         return T.run_humaneval(gen, T.load_humaneval(limit), max_new_bytes=max_new_bytes, fixed_length=fixed_length,
                                progress=progress)
@@ -106,7 +108,7 @@ def run_task(model, spec: MethodSpec, task: str, limit: int | None, max_new_byte
     records = load_heldout(f"{task}_test")[: limit or None]
     # bits per byte is a property of the model, not of the method: only the BLT row computes it
     nll = _nll_fn(model) if spec.method == "blt" else None
-    return T.run_continuation(gen, nll, records, prompt_bytes=256, cont_bytes=min(256, max_new_bytes),
+    return T.run_continuation(gen, nll, records, prompt_bytes=256, cont_bytes=max_new_bytes,
                               task=task, progress=progress)
 
 
@@ -126,10 +128,13 @@ def summarise(res: T.TaskResult) -> dict[str, Any]:
 
 
 def add_bandwidth_decrease(results: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """Memory decrease vs. BLT in % (paper Tables 3–10), per task, for both bandwidth estimates."""
+    """Memory decrease vs. BLT in % (paper Tables 3–10), per task, for both bandwidth estimates, and
+    the measured speed relative to cached BLT (bytes/s ratio, same run)."""
     for task, rows in results.items():
         base = rows.get("BLT")
         for row in rows.values():
+            ok = base and base.get("bytes_per_second") and row.get("bytes_per_second")
+            row["speed_vs_blt"] = row["bytes_per_second"] / base["bytes_per_second"] if ok else None
             for key in ("est_bandwidth_gb", "est_bandwidth_gb_3b"):
                 ok = base and base.get(key) and row.get(key) is not None
                 row[f"{key}_decrease_pct"] = 100 * (base[key] - row[key]) / base[key] if ok else None
@@ -205,14 +210,15 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     for task, rows in results.items():
         score_keys = sorted({k for r in rows.values() for k in r["scores"]})
         lines += [f"### {task}", "",
-                  "| method / setting | " + " | ".join(score_keys) + " | acc % | dec NFE | E+G NFE | BW GB | BW GB (3B) | BW dec % | bytes/s |",
-                  "|---|" + "---|" * (len(score_keys) + 7)]
+                  "| method / setting | " + " | ".join(score_keys) + " | acc % | dec NFE | E+G NFE | BW GB | BW GB (3B) | BW dec % | bytes/s | speed vs BLT |",
+                  "|---|" + "---|" * (len(score_keys) + 8)]
         for label, r in rows.items():
             acc = None if r["acceptance_rate"] is None else 100 * r["acceptance_rate"]
             lines.append(f"| {label} | " + " | ".join(_fmt(r["scores"].get(k), 3 if k == "bpb" else 2) for k in score_keys)
                          + f" | {_fmt(acc)} | {_fmt(r['decoder_nfe'])} | {_fmt(r['global_nfe'])} | "
                          f"{_fmt(r['est_bandwidth_gb'], 4)} | {_fmt(r['est_bandwidth_gb_3b'], 1)} | "
-                         f"{_fmt(r['est_bandwidth_gb_decrease_pct'])} | {_fmt(r['bytes_per_second'], 0)} |")
+                         f"{_fmt(r['est_bandwidth_gb_decrease_pct'])} | {_fmt(r['bytes_per_second'], 0)} | "
+                         f"{_fmt(r['speed_vs_blt'], 2)}x |")
         lines.append("")
     return "\n".join(lines)
 

@@ -97,7 +97,7 @@ def bandwidth_stats(model: BLT, decoder_nfe: int, global_nfe: int, global_nfe_pa
 def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes: int = 256,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              seed: int | None = None, stop: Sequence[bytes | str] = (), draft_length: int = 8,
-             schedule: str = "fused", stream: Callable[[bytes], None] | None = None,
+             schedule: str = "fused", stream: Callable[[bytes], None] | None = None, ignore_eos: bool = False,
              **method_kwargs: Any) -> GenerationResult:
     """Generate up to ``max_new_bytes`` bytes after ``prompt`` (the model sees BOS + prompt bytes).
 
@@ -109,7 +109,7 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
     temperature 0 = greedy; top_k / top_p filter the distribution; ``seed`` seeds a fresh
     torch.Generator for this call (None: random, reported in stats["seed"]).
     stop: byte/str strings; the result ends at the first one (included). EOS ends without being
-    returned. stream(chunk) receives final bytes as soon as they are verified; their
+    returned; ``ignore_eos=True`` never generates EOS (the paper's fixed-length accounting). stream(chunk) receives final bytes as soon as they are verified; their
     concatenation equals ``result.bytes``.
 
     stats: new_bytes, decoder_nfe, global_nfe (E+G calls as run), global_nfe_paper (2 per
@@ -141,7 +141,7 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
                          f"model's context of {limit} bytes (max_seq_len); shorten the prompt or generate fewer bytes")
     if isinstance(stop, (bytes, str)):
         stop = [stop]
-    params = SamplingParams(temperature, top_k, top_p)
+    params = SamplingParams(temperature, top_k, top_p, bool(ignore_eos))
     ctx = Context(Output(max_new_bytes, [to_bytes(s) for s in stop], stream),
                   Sampler(params, seed, next(model.parameters()).device), Counters())
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
         "diffusion_steps": c.diffusion_steps,
         "bytes_per_decoder_pass": n / c.decoder_nfe if c.decoder_nfe else None,
         **bandwidth_stats(model, c.decoder_nfe, c.global_nfe, g_paper),
-        "seconds": seconds, "bytes_per_second": n / seconds if seconds > 0 else 0.0, "seed": ctx.sampler.seed,
+        "seconds": seconds, "bytes_per_second": n / seconds if seconds > 0 else 0.0, "seed": ctx.sampler.seed, "ignore_eos": bool(ignore_eos),
         **kwargs,
     }
     return GenerationResult(bytes(ctx.out.data), stats, ctx.out.reason or "length")

@@ -30,13 +30,8 @@ from ..config import EOS_ID
 from ..model.blt import BLT
 from .blt_d import UnmaskRule, check_block_size, fill_block
 from .blt_s import SCHEDULES, verify
-from .sampling import suppress
 from .state import BLTState
 from .stopping import Context
-
-
-def _greedy(logits: torch.Tensor) -> list[int]:
-    return suppress(logits).argmax(-1).tolist()
 
 
 def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int | None = None,
@@ -70,7 +65,7 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
                 kv, clean_kv = state.close_patches(provisional=True), None
             else:
                 kv = clean_kv = state.last_latent_vectors()
-            drafted, _ = fill_block(state, kv, n_draft, rule, _greedy, clean_kv)
+            drafted, _ = fill_block(state, kv, n_draft, rule, lambda x: ctx.sampler.suppress(x).argmax(-1).tolist(), clean_kv)
             if EOS_ID in drafted:
                 drafted = drafted[:drafted.index(EOS_ID) + 1]
             state.append(drafted)

@@ -43,14 +43,14 @@ def check_draft_options(draft_length: int, schedule: str) -> None:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def draft(state: BLTState, kv, n_draft: int) -> list[int]:
+def draft(state: BLTState, kv, n_draft: int, sampler: Sampler) -> list[int]:
     """Greedy draft of up to n_draft bytes after the state's last byte, every decoder row reading
     the latent vectors kv [1, k, d_local]. Appends the drafted bytes to the state (the decoder rows
     stay cached: crop them before verifying). Stops early after a drafted EOS."""
     out: list[int] = []
     for _ in range(n_draft):
         state.encode()
-        d = Sampler.draft_pick(state.decode(kv=kv)[:, -1])
+        d = sampler.draft_pick(state.decode(kv=kv)[:, -1])
         out.append(d)
         state.append([d])
         if d == EOS_ID:
@@ -94,7 +94,7 @@ def generate_blt_s(model: BLT, ids: list[int], ctx: Context, *, draft_length: in
             kv = state.close_patches(provisional=True)
         else:
             kv = state.last_latent_vectors()
-        drafted = draft(state, kv, n_draft)
+        drafted = draft(state, kv, n_draft, ctx.sampler)
         accepted, c = verify(state, n, drafted, ctx)
         iterations += 1
         ctx.counters.iterations += 1

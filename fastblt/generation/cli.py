@@ -91,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=_top_p, default=None, metavar="P")
     p.add_argument("--seed", type=int, default=None, metavar="S")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop string (repeatable; included in the output)")
+    p.add_argument("--ignore-eos", action="store_true", help="never generate EOS: exactly --max-new-bytes bytes (paper's fixed length)")
     p.add_argument("--threads", type=_pos_int, default=None, help="torch CPU threads")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help='print {"text": ..., "stats": {...}}')
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     result = generate(model, prompt, method=args.method, max_new_bytes=args.max_new_bytes,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop, draft_length=args.draft_length, schedule=args.schedule,
-                      stream=on_bytes if args.stream else None, **extra)
+                      stream=on_bytes if args.stream else None, ignore_eos=args.ignore_eos, **extra)
     if args.json:
         out.write(json.dumps({"text": result.text, "stats": result.stats}).encode() + b"\n")
     elif not args.stream:

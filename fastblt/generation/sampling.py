@@ -3,7 +3,8 @@
 Order of operations (as in transformers): suppress special ids → temperature → top-k → top-p →
 sample. Temperature 0 means greedy (argmax; ties go to the lowest id). The ids BOE (0), BOS (1)
 and BPE (3) are never generated: they are not bytes, and a random model would otherwise emit
-them; EOS (2) stays allowed and ends generation.
+them; EOS (2) stays allowed and ends generation, unless ``ignore_eos`` (the paper's fixed-length
+accounting: always generate L bytes) suppresses it too.
 """
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import BOE_ID, BOS_ID, BPE_ID
+from ..config import BOE_ID, BOS_ID, BPE_ID, EOS_ID
 
 SUPPRESSED_IDS = (BOE_ID, BOS_ID, BPE_ID)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. temperature ≥ 0 (0 = greedy); top_k ≥ 1 or None; top_p in (0, 1] or None.
+    """Sampling settings. temperature ≥ 0 (0 = greedy); top_k ≥ 1 or None; top_p in (0, 1] or None;
+    ignore_eos: never generate EOS (fixed-length generation).
 
     Raises ValueError for out-of-range values.
     """
@@ -27,6 +29,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -44,10 +47,10 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def suppress(logits: torch.Tensor) -> torch.Tensor:
-    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE) set to −inf."""
+def suppress(logits: torch.Tensor, ignore_eos: bool = False) -> torch.Tensor:
+    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE; and EOS if ignore_eos) at −inf."""
     out = logits.float().clone()
-    out[..., list(SUPPRESSED_IDS)] = float("-inf")
+    out[..., list(SUPPRESSED_IDS) + ([EOS_ID] if ignore_eos else [])] = float("-inf")
     return out
 
 
@@ -56,7 +59,7 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
 
     Only meaningful for temperature > 0.
     """
-    x = suppress(logits) / params.temperature
+    x = suppress(logits, params.ignore_eos) / params.temperature
     if params.top_k is not None and params.top_k < x.shape[-1]:
         kth = torch.topk(x, params.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -73,7 +76,7 @@ def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution a :class:`Sampler` draws from: [..., V] float32 (one-hot when greedy)."""
     if params.greedy:
-        return torch.nn.functional.one_hot(suppress(logits).argmax(-1), logits.shape[-1]).float()
+        return torch.nn.functional.one_hot(suppress(logits, params.ignore_eos).argmax(-1), logits.shape[-1]).float()
     return filtered_logits(logits, params).softmax(-1)
 
 
@@ -97,7 +100,7 @@ class Sampler:
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, V] → ids LongTensor [B]."""
         if self.params.greedy:
-            return suppress(logits).argmax(-1)
+            return self.suppress(logits).argmax(-1)
         probs = filtered_logits(logits, self.params).softmax(-1)
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
@@ -105,11 +108,14 @@ class Sampler:
         """Batch-1 convenience: logits [1, V] (or [V]) → one id."""
         return int(self.sample(logits.reshape(1, -1))[0])
 
-    @staticmethod
-    def draft_pick(logits: torch.Tensor) -> int:
+    def suppress(self, logits: torch.Tensor) -> torch.Tensor:
+        """:func:`suppress` with this sampler's ``ignore_eos``."""
+        return suppress(logits, self.params.ignore_eos)
+
+    def draft_pick(self, logits: torch.Tensor) -> int:
         """Draft byte for speculation: the argmax of logits [1, V] (or [V]) with specials suppressed.
 
         Under the match rule a drafted byte d is accepted with probability p_target(d); drafting the
         mode of the drafter's distribution maximises that, so drafts are greedy at any temperature.
         """
-        return int(suppress(logits.reshape(-1)).argmax())
+        return int(self.suppress(logits.reshape(-1)).argmax())

@@ -1,0 +1,52 @@
+"""`fastblt bench` and `fastblt demo` end to end on a tiny BLT-D model (seconds, not minutes)."""
+import json
+
+import pytest
+from conftest import tiny_model
+
+import fastblt
+from fastblt.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    fastblt.save(tiny_model(diffusion_block_size=4), d)
+    return d
+
+
+def test_bench_writes_json_table_and_plot(model_dir, tmp_path):
+    rc = main(["bench", "--model", str(model_dir), "--tasks", "code,translation_fr", "--limit", "1",
+               "--max-new-bytes", "24", "--quick", "--compare-hf", "0", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    rows = doc["results"]["code"]
+    assert {"BLT", "BLT uncached", "BLT-S k=8", "BLT-D-4 conf α=0.7", "BLT-DV-4 1-step"} <= set(rows)
+    assert rows["BLT"]["est_bandwidth_gb_decrease_pct"] == 0
+    assert rows["BLT"]["decoder_nfe"] == 24  # fixed-length mode: one decoder call per byte
+    # greedy lossless methods score exactly like BLT
+    for lossless in ("BLT uncached", "BLT-S k=8", "BLT-DV-4 1-step"):
+        assert rows[lossless]["scores"]["chrf"] == rows["BLT"]["scores"]["chrf"]
+    assert rows["BLT-S k=8"]["global_nfe"] < rows["BLT"]["global_nfe"] or rows["BLT"]["global_nfe"] <= 4
+    assert "### code" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert doc["versions"]["torch"]
+
+
+def test_bench_rejects_unknown_task(model_dir, tmp_path, capsys):
+    assert main(["bench", "--model", str(model_dir), "--tasks", "nope", "--out", str(tmp_path)]) == 1
+    assert "unknown task" in capsys.readouterr().err
+
+
+def test_demo_runs_all_four_systems(model_dir, capsys):
+    rc = main(["demo", "--model", str(model_dir), "--max-new-bytes", "16", "--humaneval", "1", "--translation", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for name in ("BLT", "BLT-S k=8", "BLT-D-4", "BLT-DV-4"):
+        assert name in out
+    assert "DIFFERS" not in out  # greedy BLT-S and BLT-DV reproduce BLT
+
+
+def test_demo_without_model_says_how_to_get_one(tmp_path, capsys):
+    assert main(["demo", "--model", str(tmp_path / "missing")]) == 1
+    assert "--model" in capsys.readouterr().err
