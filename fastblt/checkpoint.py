@@ -180,12 +180,17 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: st
     """
     path = Path(path)
     raw = _read_config(path)
-    kind = raw.get("model_type")
+    kind = raw.get("model_type") if isinstance(raw, dict) else None
+    try:
+        if kind == "fastblt":
+            cfg = BLTConfig.from_dict(raw["blt"])
+        elif kind == "blt":
+            cfg = config_from_hf(raw)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / CONFIG_NAME} is not a valid {kind} config: {type(e).__name__}: {e}") from None
     if kind == "fastblt":
-        cfg = BLTConfig.from_dict(raw["blt"])
         state = _read_weights(path)
     elif kind == "blt":
-        cfg = config_from_hf(raw)
         state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in _read_weights(path).items()}
     else:
         raise ValueError(f"{path / CONFIG_NAME} describes model_type {kind!r}, not a BLT ('blt' or 'fastblt')")

@@ -33,9 +33,11 @@ def test_bench_writes_json_table_and_plot(model_dir, tmp_path):
     assert doc["versions"]["torch"]
 
 
-def test_bench_rejects_unknown_task(model_dir, tmp_path, capsys):
+def test_bench_rejects_bad_flags(model_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(model_dir), "--tasks", "nope", "--out", str(tmp_path)]) == 1
     assert "unknown task" in capsys.readouterr().err
+    assert main(["bench", "--model", str(model_dir), "--limit", "0", "--out", str(tmp_path)]) == 1
+    assert "--limit" in capsys.readouterr().err
 
 
 def test_demo_runs_all_four_systems(model_dir, capsys):

@@ -67,8 +67,8 @@ def test_blt_dv_accepts_correct_drafts(models, monkeypatch, schedule):
     real = blt_dv.fill_block
     calls = []
 
-    def oracle(state, kv, size, rule, pick, clean_kv=None):
-        ids, passes = real(state, kv, size, rule, pick, clean_kv)
+    def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False):
+        ids, passes = real(state, kv, size, rule, pick, clean_kv, ignore_eos)
         at = len(state) - len(prompt_ids(prompt))
         calls.append(1)
         good = ref[at:at + size] + [OFFSET] * size
@@ -284,3 +284,13 @@ def test_cli_diffusion_flags(tmp_path, capsysbinary, models):
     fastblt.save(tiny_model(), tmp_path / "plain")
     assert main(["generate", "--model", str(tmp_path / "plain"), "--method", "blt-d", "hi"]) != 0
     assert b"blt-s" in capsysbinary.readouterr().err
+
+
+def test_blt_dv_single_byte_equals_blt_with_a_prompt():
+    # regression: with max_new_bytes=1 no draft is made, and the verifier must read the last prompt row
+    m = tiny_model(diffusion_block_size=4)
+    for prompt in (b"hello world", b"x", b""):
+        for schedule in ("fused", "paper"):
+            want = generate(m, prompt, method="blt", max_new_bytes=1).bytes
+            assert generate(m, prompt, method="blt-dv", max_new_bytes=1, schedule=schedule).bytes == want
+            assert generate(m, prompt, method="blt-s", max_new_bytes=1, schedule=schedule).bytes == want

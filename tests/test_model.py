@@ -129,6 +129,9 @@ def test_load_errors_name_the_file(tmp_path):
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="llama"):
         fastblt.load(other)
+    (other / "config.json").write_text(json.dumps({"model_type": "fastblt"}))
+    with pytest.raises(ValueError, match="not a valid fastblt config"):
+        fastblt.load(other)
     good = tmp_path / "good"
     fastblt.save(tiny_model(), good)
     data = (good / "model.safetensors").read_bytes()

@@ -14,22 +14,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-BOE = PAD = 0
-BOS = 1
-EOS = 2
-OFFSET = 4          # byte b has id b + OFFSET
-VOCAB_SIZE = 256 + OFFSET
+from ..config import BOS_ID as BOS
+from ..config import EOS_ID as EOS
+from ..config import OFFSET, VOCAB_SIZE
+
 DEFAULT_ROOT = "data_cache/corpus"
-
-
-def bytes_to_ids(data: bytes) -> list[int]:
-    """BLT ids of raw bytes (no BOS/EOS added)."""
-    return [b + OFFSET for b in data]
-
-
-def ids_to_bytes(ids) -> bytes:
-    """Raw bytes of BLT ids; special ids (< OFFSET) are dropped."""
-    return bytes(int(i) - OFFSET for i in ids if OFFSET <= int(i) < VOCAB_SIZE)
 
 
 class ByteDataset:

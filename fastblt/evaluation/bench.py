@@ -286,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
         if not specs:
             raise ValueError(f"--methods matched nothing; labels are e.g. {[s.label for s in default_specs(8)]}")
     limit = settings.get("limit", args.limit)
+    if limit is not None and limit < 1:
+        raise ValueError("--limit must be >= 1 (omit it for every sample)")
     max_new = settings.get("max_new_bytes", args.max_new_bytes)
     fixed = not settings.get("stop_aware", args.stop_aware)
     out = Path(args.out)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n=== {pid} ===")
         print(textwrap.indent(prompt.decode("utf-8", "replace")[-300:], "  │ "))
         for name, method, kw in systems:
-            r = generate(model, prompt, method=method, max_new_bytes=args.max_new_bytes, **kw)
+            r = generate(model, prompt, method=method, max_new_bytes=args.max_new_bytes, ignore_eos=True, **kw)
             outputs[name][pid] = r.bytes
             for k, v in r.stats.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -22,7 +22,8 @@ Tasks:
 ``fixed_length=True`` reproduces the paper's NFE accounting: every sample is generated to exactly
 ``max_new_bytes`` with no stop strings given to the generator, and the stop-string truncation
 happens only before scoring. ``fixed_length=False`` passes the stop strings to the generator (what
-a real user would do). The text that is scored is the same in both modes for a greedy generator.
+a real user would do). For a greedy generator the scored text is the same in both modes unless the
+model emits EOS before a stop string (fixed-length runs never generate EOS).
 """
 from __future__ import annotations
 

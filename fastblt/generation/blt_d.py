@@ -70,12 +70,14 @@ class UnmaskRule:
         if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
             raise ValueError(f"max_steps_per_block must be an integer >= 1 or None, got {s!r}")
 
-    def choose(self, logits: torch.Tensor) -> list[int]:
-        """Masked slots to fill now. logits [m, 260] of the m masked slots → sorted indices in 0..m−1."""
+    def choose(self, logits: torch.Tensor, ignore_eos: bool = False) -> list[int]:
+        """Masked slots to fill now. logits [m, 260] of the m masked slots → sorted indices in 0..m−1.
+        Confidence and entropy are measured over the ids that can be generated (EOS excluded when
+        ``ignore_eos``)."""
         m = logits.shape[0]
         if self.kind == "one-step" or m == 1:
             return list(range(m))
-        p = suppress(logits).softmax(-1)
+        p = suppress(logits, ignore_eos).softmax(-1)
         if self.kind == "confidence":
             conf = p.max(-1).values
             chosen = torch.nonzero(conf > self.alpha).flatten().tolist()
@@ -101,11 +103,6 @@ def check_block_size(model: BLT, method: str, block_size: int | None) -> int:
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ValueError(f"block_size must be an integer >= 1, got {b!r}")
     return b
-
-
-def _add_diffusion_steps(counters: Counters, n: int) -> None:
-    # Counters has no field for it (state.py); api.py reads it with getattr(..., 0).
-    counters.diffusion_steps = getattr(counters, "diffusion_steps", 0) + n  # type: ignore[attr-defined]
 
 
 def block_logits(state: BLTState, slot_ids: list[int], kv_block: torch.Tensor,
@@ -156,7 +153,7 @@ def block_logits(state: BLTState, slot_ids: list[int], kv_block: torch.Tensor,
 
 
 def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskRule, pick: Pick,
-               clean_kv: torch.Tensor | None = None) -> tuple[list[int], int]:
+               clean_kv: torch.Tensor | None = None, ignore_eos: bool = False) -> tuple[list[int], int]:
     """Algorithm 1's inner loop: start from ``size`` MASK slots after the state's bytes and unmask
     them with ``rule`` until none is left, drawing values with ``pick``.
 
@@ -170,7 +167,7 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
         logits = block_logits(state, slots, kv_block, clean_kv)[0]  # [size, 260]
         passes += 1
         last = rule.max_steps is not None and passes >= rule.max_steps
-        chosen = list(range(len(masked))) if last else rule.choose(logits[masked])
+        chosen = list(range(len(masked))) if last else rule.choose(logits[masked], ignore_eos)
         where = [masked[i] for i in chosen]
         for i, v in zip(where, pick(logits[where])):
             slots[i] = v
@@ -204,7 +201,8 @@ def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int 
         state.encode()
         kv = state.close_patches(provisional=True)  # o_M: [1, k, d_local]
         assert kv is not None
-        new, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick)
+        new, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
+                            ignore_eos=ctx.sampler.params.ignore_eos)
         ctx.counters.iterations += 1
         if ctx.out.emit(new):
             return

@@ -65,7 +65,8 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
                 kv, clean_kv = state.close_patches(provisional=True), None
             else:
                 kv = clean_kv = state.last_latent_vectors()
-            drafted, _ = fill_block(state, kv, n_draft, rule, lambda x: ctx.sampler.suppress(x).argmax(-1).tolist(), clean_kv)
+            drafted, _ = fill_block(state, kv, n_draft, rule, lambda x: ctx.sampler.suppress(x).argmax(-1).tolist(),
+                                    clean_kv, ignore_eos=ctx.sampler.params.ignore_eos)
             if EOS_ID in drafted:
                 drafted = drafted[:drafted.index(EOS_ID) + 1]
             state.append(drafted)

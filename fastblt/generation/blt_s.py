@@ -66,7 +66,9 @@ def verify(state: BLTState, n: int, drafted: list[int], ctx: Context) -> tuple[l
     state back to the pending byte plus the accepted bytes.
     """
     state.crop_decoder(n)
-    logits = state.advance()  # [1, len(drafted) + 1, 260]
+    # rows n .. end; decoding may start earlier when rows before n were never decoded (e.g. a BLT-DV
+    # first iteration without a draft), so keep the last len(drafted) + 1 rows
+    logits = state.advance()[:, -(len(drafted) + 1):]  # [1, len(drafted) + 1, 260]
     accepted: list[int] = []
     for i in range(len(drafted) + 1):
         y = ctx.sampler.pick(logits[:, i])

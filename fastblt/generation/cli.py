@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,8 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap on decoder passes per block (the last unmasks every remaining slot)")
     p.add_argument("--max-new-bytes", type=_nonneg_int, default=256, metavar="N")
     p.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-k", type=_pos_int, default=None, metavar="K")
-    p.add_argument("--top-p", type=_top_p, default=None, metavar="P")
+    p.add_argument("--top-k", type=_pos_int, default=None, metavar="K", help="keep the K most likely bytes (needs --temperature > 0)")
+    p.add_argument("--top-p", type=_top_p, default=None, metavar="P", help="nucleus sampling mass (needs --temperature > 0)")
     p.add_argument("--seed", type=int, default=None, metavar="S")
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop string (repeatable; included in the output)")
     p.add_argument("--ignore-eos", action="store_true", help="never generate EOS: exactly --max-new-bytes bytes (paper's fixed length)")
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompt = sys.stdin.buffer.read() if args.prompt == "-" else args.prompt
+    # raw argv bytes (os.fsencode undoes the surrogate escapes of undecodable bytes): the model reads bytes
+    prompt = sys.stdin.buffer.read() if args.prompt == "-" else os.fsencode(args.prompt)
     model = load_model(args.model)
     out = sys.stdout.buffer
 

@@ -108,7 +108,7 @@ def encoder_patch_ids(starts: torch.Tensor) -> torch.Tensor:
 
 def decoder_patch_ids(starts: torch.Tensor) -> torch.Tensor:
     """Latent read by each decoder position: (encoder patch of byte i + 1) − 1. [B, N] from [B, N + 1]."""
-    return starts[:, 1:].long().cumsum(1) - 1 + starts[:, :1].long() - 1
+    return starts[:, 1:].long().cumsum(1) - 1  # byte 0 always starts patch 0, so patch(i+1) − 1 = this
 
 
 def num_patches(starts: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ def calibrate(entropy_model: str | Path, data: str | Path = "data_cache/corpus",
            "mean_patch_size": float(sizes.float().mean()), "histogram": hist, "rows": rows, "seq_len": seq_len,
            "sample_seed": seed, "mean_entropy_nats": float(ent[:, 1:].mean())}
     if write:
-        (run / "calibration.json").write_text(json.dumps(res, indent=2))
+        checkpoint.atomic_write_bytes(run / "calibration.json", json.dumps(res, indent=2).encode())
         (run / "patch_hist.txt").write_text(
             f"threshold {theta:.5f} nats, mean patch size {res['mean_patch_size']:.3f} bytes "
             f"(max {max_patch_length}), {rows}×{seq_len} training bytes\n" + histogram_text(hist) + "\n")

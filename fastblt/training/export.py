@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,10 +73,22 @@ def main(argv: list[str] | None = None) -> int:
                               "seq_len": rc.get("seq_len"), "lr": rc.get("lr"), "val_bpb": result.get("val_bpb"),
                               "wall_s": result.get("wall_s"), "bytes_per_s": result.get("bytes_per_s"),
                               "stop_reason": result.get("stop_reason"), **figures}}
-        checkpoint.save(model, a.out, dtype=torch.bfloat16, extra=extra)
-        size = sum(f.stat().st_size for f in Path(a.out).iterdir()) / 2**20
+        # write next to the target, check the size, then swap folders: a failed export keeps the old model
+        out = Path(a.out)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        checkpoint.save(model, tmp, dtype=torch.bfloat16, extra=extra)
+        size = sum(f.stat().st_size for f in tmp.iterdir()) / 2**20
         if size > a.max_mb:
-            raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit")
+            shutil.rmtree(tmp)
+            raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit; {out} left as it was")
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old.exists():
+            shutil.rmtree(old)
     except (ValueError, FileNotFoundError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1

@@ -80,17 +80,17 @@ def save_checkpoint(out: Path, model, optimizer: torch.optim.Optimizer, step: in
     if tmp.exists():
         shutil.rmtree(tmp)
     checkpoint.save(model, tmp, extra={"training": {"step": step, **(extra or {})}})
-    state = {"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(), "data_step": step,
+    state = {"optimizer": optimizer.state_dict(), "step": step, "rng": rng_state(),
              "run_config": run_config}
     part = tmp / f".{STATE_NAME}.part"
     torch.save(state, part)
     os.replace(part, tmp / STATE_NAME)
     last, old = out / "last", out / ".last.old"
-    if old.exists():
-        shutil.rmtree(old)
     if last.exists():
+        if old.exists():
+            shutil.rmtree(old)
         os.replace(last, old)
-    os.replace(tmp, last)
+    os.replace(tmp, last)  # until here, .last.old (or last) holds the previous good checkpoint
     if old.exists():
         shutil.rmtree(old)
     return last

@@ -156,7 +156,8 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in skip}
 
 
-_MUST_MATCH = ("objective", "preset", "block_size", "steps", "batch_size", "seq_len", "seed", "lr", "warmup")
+_MUST_MATCH = ("objective", "preset", "block_size", "steps", "batch_size", "seq_len", "seed", "lr", "warmup",
+               "entropy_model", "data", "weight_decay", "grad_clip")
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -237,6 +238,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the number of processes {world}")
     if args.steps < 1 or args.seq_len < 2 or args.batch_size < 1:
         raise ValueError("--steps, --batch-size must be ≥ 1 and --seq-len ≥ 2")
+    if not (args.lr > 0 and args.eval_batches >= 1 and args.save_every >= 0 and args.eval_every >= 0
+            and args.weight_decay >= 0 and args.grad_clip > 0 and (args.warmup is None or args.warmup >= 0)):
+        raise ValueError("--lr and --grad-clip must be > 0, --eval-batches ≥ 1, and --save-every, --eval-every, "
+                         "--weight-decay, --warmup ≥ 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available")
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
@@ -278,7 +283,11 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         diff = {k: (old.get(k), run_config.get(k)) for k in _MUST_MATCH if old.get(k) != run_config.get(k)}
         if diff:
             raise ValueError(f"--resume: the run config differs from the checkpoint's: {diff}")
-        model.load_state_dict(checkpoint.load(last).state_dict())
+        saved = checkpoint.load(last)
+        if saved.cfg != model.cfg:
+            raise ValueError(f"--resume: the model config (patching threshold included) differs from {last}'s; "
+                             "was the entropy model re-calibrated?")
+        model.load_state_dict(saved.state_dict())
         optimizer.load_state_dict(st["optimizer"])
         S.set_rng_state(st["rng"])
         step = int(st["step"])
@@ -300,8 +309,12 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not args.resume and (out / "log.jsonl").exists():
-            (out / "log.jsonl").unlink()
+        log_path = out / "log.jsonl"
+        if not args.resume and log_path.exists():
+            log_path.unlink()
+        elif log_path.exists():  # drop what was logged after the checkpoint we resume from
+            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+            checkpoint.atomic_write_bytes(log_path, ("\n".join(keep) + "\n" if keep else "").encode())
         print(f"fastblt train: {args.objective} preset={args.preset} trainable={trainable / 1e6:.2f}M "
               f"batch={args.batch_size}×{args.seq_len} steps={args.steps} lr={args.lr} warmup={warmup} "
               f"world={world} device={device} threads={torch.get_num_threads()}"
