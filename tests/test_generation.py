@@ -313,14 +313,26 @@ def test_cli_generate_json_stream_and_errors(tmp_path, capsysbinary, model):
     assert main(["generate", "--model", str(tmp_path / "missing"), "hi"]) != 0
 
 
-def test_cli_without_model_explains_missing_default(capsysbinary):
+def test_cli_without_model_explains_missing_default(capsysbinary, monkeypatch, tmp_path):
+    import fastblt.generation.cli as gcli
     from fastblt.cli import main
-    from fastblt.generation.cli import DEFAULT_MODEL
 
-    if (DEFAULT_MODEL / "config.json").is_file():
-        pytest.skip("a default model is shipped")
+    monkeypatch.setattr(gcli, "DEFAULT_MODEL", tmp_path / "not-shipped")
     assert main(["generate", "hi"]) != 0
     assert b"--model" in capsysbinary.readouterr().err
+
+
+def test_shipped_models_load_and_keep_the_lossless_contracts():
+    from fastblt.generation.cli import DEFAULT_MODEL
+
+    bltd = fastblt.load(DEFAULT_MODEL)
+    assert bltd.cfg.diffusion_block_size == 8 and bltd.cfg.patching.max_patch_length == 8
+    blt = fastblt.load(DEFAULT_MODEL.parent / "blt_model")
+    prompt = b"def add(a, b):\n    "
+    for model, methods in ((bltd, ("blt-s", "blt-dv")), (blt, ("blt-s",))):
+        ref = generate(model, prompt, method="blt", max_new_bytes=24, ignore_eos=True).bytes
+        for m in methods:
+            assert generate(model, prompt, method=m, max_new_bytes=24, ignore_eos=True).bytes == ref, m
 
 
 def test_ignore_eos_generates_exactly_n_bytes_and_keeps_the_contracts():

@@ -210,14 +210,15 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     for task, rows in results.items():
         score_keys = sorted({k for r in rows.values() for k in r["scores"]})
         lines += [f"### {task}", "",
-                  "| method / setting | " + " | ".join(score_keys) + " | acc % | dec NFE | E+G NFE | BW GB | BW GB (3B) | BW dec % | bytes/s | speed vs BLT |",
-                  "|---|" + "---|" * (len(score_keys) + 8)]
+                  "| method / setting | " + " | ".join(score_keys) + " | acc % | dec NFE | E+G NFE | BW GB | BW dec % | BW GB (3B) | BW dec % (3B) | bytes/s | speed vs BLT |",
+                  "|---|" + "---|" * (len(score_keys) + 9)]
         for label, r in rows.items():
             acc = None if r["acceptance_rate"] is None else 100 * r["acceptance_rate"]
             lines.append(f"| {label} | " + " | ".join(_fmt(r["scores"].get(k), 3 if k == "bpb" else 2) for k in score_keys)
                          + f" | {_fmt(acc)} | {_fmt(r['decoder_nfe'])} | {_fmt(r['global_nfe'])} | "
-                         f"{_fmt(r['est_bandwidth_gb'], 4)} | {_fmt(r['est_bandwidth_gb_3b'], 1)} | "
-                         f"{_fmt(r['est_bandwidth_gb_decrease_pct'])} | {_fmt(r['bytes_per_second'], 0)} | "
+                         f"{_fmt(r['est_bandwidth_gb'], 4)} | {_fmt(r['est_bandwidth_gb_decrease_pct'])} | "
+                         f"{_fmt(r['est_bandwidth_gb_3b'], 1)} | {_fmt(r['est_bandwidth_gb_3b_decrease_pct'])} | "
+                         f"{_fmt(r['bytes_per_second'], 0)} | "
                          f"{_fmt(r['speed_vs_blt'], 2)}x |")
         lines.append("")
     return "\n".join(lines)
@@ -265,9 +266,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time cached BLT vs transformers' generate on N prompts (0: skip)")
     p.add_argument("--out", default="runs/bench", help="output folder (results.json, results.md, pareto.png)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--render", metavar="RESULTS_JSON", default=None,
+                   help="only rewrite results.md and pareto.png next to an existing results.json")
+
+
+def write_report(doc: dict[str, Any], out: Path) -> None:
+    """results.md (paper-layout tables + the transformers side by side) and pareto.png from a results doc."""
+    results, side = doc["results"], doc.get("transformers_side_by_side") or {}
+    md = (f"Model `{doc['model']}`, {doc['mode']}, {doc['max_new_bytes']} bytes, greedy, "
+          f"{doc['limit'] or 'all'} samples per task, seed {doc['seed']}, device {doc['device']}.\n\n") + markdown(results)
+    if "speedup" in side:
+        md += (f"\nCached BLT vs transformers `BltForCausalLM.generate(use_cache=False)`: "
+               f"{side['fastblt_bytes_per_second']:.0f} vs {side['transformers_bytes_per_second']:.0f} bytes/s "
+               f"({side['speedup']:.1f}x), identical greedy bytes on {side['identical_outputs']}/{side['prompts']} prompts.\n")
+    (out / "results.md").write_text(md)
+    plot(results, out / "pareto.png")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.render:
+        path = Path(args.render)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        doc = json.loads(path.read_text())
+        add_bandwidth_decrease(doc["results"])
+        write_report(doc, path.parent)
+        print(f"wrote {path.parent / 'results.md'}, {path.parent / 'pareto.png'}")
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     model = load(args.model, device=args.device)
@@ -314,12 +339,6 @@ def run(args: argparse.Namespace) -> int:
            "mode": "fixed-length" if fixed else "stop-aware", "seed": args.seed, "device": args.device,
            "versions": _versions(), "results": results, "transformers_side_by_side": side}
     (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-    md = markdown(results)
-    if side and "speedup" in side:
-        md += (f"\nCached BLT vs transformers `BltForCausalLM.generate(use_cache=False)`: "
-               f"{side['fastblt_bytes_per_second']:.0f} vs {side['transformers_bytes_per_second']:.0f} bytes/s "
-               f"({side['speedup']:.1f}x), identical greedy bytes on {side['identical_outputs']}/{side['prompts']} prompts.\n")
-    (out / "results.md").write_text(md)
-    plot(results, out / "pareto.png")
+    write_report(doc, out)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
     return 0
