@@ -1,4 +1,4 @@
-"""The ``fastblt`` command line: one sub-command per job.
+"""The fastblt command line: one sub-command per job (BLT, BLT-S, BLT-D, BLT-DV: train, generate, bench, demo).
 
 Each sub-command lives in its own module, which exposes ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their sub-command runs, so ``--help`` is fast.
