@@ -225,13 +225,18 @@ def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """Quality vs. estimated bandwidth (3B-priced) and vs. wall-clock, one column per task; one colour
+    and marker per method, in a shared legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(results)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 7), squeeze=False)
+    labels = list(dict.fromkeys(label for rows in results.values() for label in rows))
+    cmap = plt.get_cmap("tab20")
+    style = {label: (cmap(i % 20), "osD^v<>p*h"[i % 10]) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks) + 2.5, 7), squeeze=False)
     for j, task in enumerate(tasks):
         key = MAIN_SCORE.get(task, "chrf")
         for i, (xkey, xlabel) in enumerate((("est_bandwidth_gb_3b", "est. bandwidth, 3B-priced (GB)"),
@@ -240,13 +245,16 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
             for label, r in results[task].items():
                 if r.get(xkey) is None or r["scores"].get(key) is None:
                     continue
-                ax.scatter(r[xkey], r["scores"][key], s=25)
-                ax.annotate(label, (r[xkey], r["scores"][key]), fontsize=6)
+                color, marker = style[label]
+                ax.scatter(r[xkey], r["scores"][key], s=36, color=color, marker=marker, label=label)
             ax.set_xscale("log")  # the uncached baseline sits an order of magnitude away
             ax.set_xlabel(xlabel + " (log)", fontsize=8)
             ax.set_ylabel(key, fontsize=8)
             ax.set_title(task, fontsize=9)
-    fig.tight_layout()
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=style[lb][0], marker=style[lb][1], linestyle="", label=lb) for lb in labels]
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (4.2 * len(tasks) + 2.5), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
