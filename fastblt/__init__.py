@@ -3,7 +3,7 @@ from .checkpoint import load, save, save_hf
 from .config import BLTConfig, PatchingConfig, StackConfig, preset
 from .model.blt import BLT
 
-__all__ = ["BLT", "BLTConfig", "PatchingConfig", "StackConfig", "preset", "load", "save", "save_hf", "generate"]
+__all__ = ["BLT", "BLTConfig", "PatchingConfig", "StackConfig", "preset", "load", "save", "save_hf", "generate", "stream_text"]
 
 
 def generate(model, prompt, method: str = "blt", **kwargs):
@@ -11,3 +11,10 @@ def generate(model, prompt, method: str = "blt", **kwargs):
     from .generation.api import generate as _generate
 
     return _generate(model, prompt, method=method, **kwargs)
+
+
+def stream_text(model, prompt, **kwargs):
+    """Iterate over generated text as it becomes final (no split UTF-8 characters); see fastblt.generation.api."""
+    from .generation.api import stream_text as _stream_text
+
+    return _stream_text(model, prompt, **kwargs)

@@ -183,6 +183,9 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: st
     kind = raw.get("model_type") if isinstance(raw, dict) else None
     try:
         if kind == "fastblt":
+            if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+                raise ValueError(f"{path / CONFIG_NAME} has format_version {raw['format_version']}; this fastblt "
+                                 f"reads up to {FORMAT_VERSION}: upgrade fastblt")
             cfg = BLTConfig.from_dict(raw["blt"])
         elif kind == "blt":
             cfg = config_from_hf(raw)

@@ -44,6 +44,10 @@ class StackConfig:
     window: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.ffn_dim is None:
@@ -73,6 +77,8 @@ class PatchingConfig:
     patch_size: int = 4
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and math.isfinite(self.monotonic_threshold)):
+            raise ValueError(f"patching thresholds must be finite, got {self.threshold!r} / {self.monotonic_threshold!r}")
         if self.mode not in ("entropy", "static", "space"):
             raise ValueError(f"patching mode must be entropy, static or space, not {self.mode!r}")
         if self.rule not in ("global", "monotonic"):

@@ -274,8 +274,8 @@ def test_cli_diffusion_flags(tmp_path, capsysbinary, models):
     assert main(base + ["--method", "blt-dv", "--schedule", "paper", "--alpha", "0.5", "hi"]) == 0
     obj = json.loads(capsysbinary.readouterr().out)
     assert obj["text"] == generate(m, b"hi", max_new_bytes=12).text and obj["stats"]["schedule"] == "paper"
-    assert main(base + ["--method", "blt", "--block-size", "4", "hi"]) == 0  # not passed to blt
-    capsysbinary.readouterr()
+    assert main(base + ["--method", "blt", "--block-size", "4", "hi"]) == 1  # blt takes no block size
+    assert b"does not take --block-size" in capsysbinary.readouterr().err
     for bad in (["--block-size", "0"], ["--alpha", "-1"], ["--gamma", "nan"], ["--max-steps-per-block", "0"],
                 ["--unmask", "all"]):
         with pytest.raises(SystemExit) as e:

@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else Path(__file__)
     if args.bytes < 1:
         raise ValueError("--bytes must be >= 1")
+    if path.is_dir():
+        raise ValueError(f"--file {path} is a folder, not a file")
     data = path.read_bytes()[: args.bytes]
     if not data:
         raise ValueError(f"{path} is empty")
@@ -40,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         starts = model.patch_starts(ids)
     lengths = [x for x in P.patch_lengths(starts)[0].tolist() if x > 0]
-    print(f"\n{path} ({len(data)} bytes) -> {len(lengths)} patches, mean {len(data) / max(1, len(lengths) - 1):.2f} bytes "
-          "(BOS patch excluded); patches shown as |...|:")
-    pos, out = 0, []
-    full = bytes([0]) + data
-    for ln in lengths:
-        out.append(full[pos : pos + ln].decode("utf-8", "replace").replace("\x00", "<s>"))
+    n_p = len(lengths) - 1  # the BOS patch holds no byte of the file
+    print(f"\n{path} ({len(data)} bytes) -> {n_p} patches after the BOS patch, mean {len(data) / max(1, n_p):.2f} bytes; "
+          "patches shown as |...| (non-printable bytes escaped):")
+    out, pos = ["<s>"], 0
+    for ln in lengths[1:]:
+        chunk = data[pos : pos + ln].decode("utf-8", "backslashreplace")
+        out.append("".join(c if c.isprintable() or c in " \n" else repr(c)[1:-1] for c in chunk))
         pos += ln
     print("|" + "|".join(out) + "|")
     return 0

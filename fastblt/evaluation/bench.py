@@ -297,7 +297,11 @@ def run(args: argparse.Namespace) -> int:
         path = Path(args.render)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        doc = json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text())
+            doc["results"], doc["model"], doc["mode"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path} is not a results.json written by fastblt bench") from None
         add_bandwidth_decrease(doc["results"])
         write_report(doc, path.parent)
         print(f"wrote {path.parent / 'results.md'}, {path.parent / 'pareto.png'}")
@@ -325,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     max_new = settings.get("max_new_bytes", args.max_new_bytes)
     fixed = not settings.get("stop_aware", args.stop_aware)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for task in tasks:

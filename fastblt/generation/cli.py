@@ -7,8 +7,8 @@ BLT-D or BLT-DV.
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]...
                      [--json | --stream] PROMPT
 
-Method options (--draft-length, --schedule, the diffusion flags) go only to the methods that take
-them; diffusion flags left out use the method's defaults (BLT-D: confidence, α 0.7, γ 1.0;
+Method options (--draft-length, --schedule, the diffusion flags) are refused for methods that do
+not take them; flags left out use the method's defaults (BLT-S: k 8, fused; BLT-D: confidence, α 0.7, γ 1.0;
 BLT-DV: one-step, α 0.3, γ 1.5; B = the model's trained block size).
 
 PROMPT ``-`` reads raw bytes from stdin. Without --model the shipped default model
@@ -74,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", metavar="PROMPT", help="prompt text (UTF-8), or - to read raw bytes from stdin")
     p.add_argument("--model", type=Path, default=None, help=f"model folder (default: {DEFAULT_MODEL})")
     p.add_argument("--method", default="blt", choices=_methods(), help="generation method (default: blt)")
-    p.add_argument("--draft-length", type=_pos_int, default=8, metavar="K", help="BLT-S draft length k (paper: 4, 8, 16)")
-    p.add_argument("--schedule", choices=("paper", "fused"), default="fused", help="BLT-S / BLT-DV E+G schedule (default: fused)")
+    p.add_argument("--draft-length", type=_pos_int, default=None, metavar="K", help="BLT-S draft length k (paper: 4, 8, 16; default 8)")
+    p.add_argument("--schedule", choices=("paper", "fused"), default=None, help="BLT-S / BLT-DV E+G schedule (default: fused)")
     p.add_argument("--block-size", type=_pos_int, default=None, metavar="B",
                    help="BLT-D/DV block size (default: the model's trained diffusion_block_size)")
     p.add_argument("--unmask", choices=("confidence", "entropy", "one-step"), default=None,
@@ -128,10 +128,18 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
 
     options = method_options(args.method)
-    extra = {k: getattr(args, k) for k in DIFFUSION_FLAGS if k in options and getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("draft_length", "schedule") + DIFFUSION_FLAGS if getattr(args, k) is not None}
+    refused = sorted(k for k in given if k not in options)
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise ValueError(f"method {args.method} does not take {flags}; its options: "
+                         + (", ".join("--" + k.replace("_", "-") for k in options) or "none"))
+    if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        print("fastblt generate: note: --top-k/--top-p only apply with --temperature > 0 (greedy here)", file=sys.stderr)
+    extra = given
     result = generate(model, prompt, method=args.method, max_new_bytes=args.max_new_bytes,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                      stop=args.stop, draft_length=args.draft_length, schedule=args.schedule,
+                      stop=args.stop,
                       stream=on_bytes if args.stream else None, ignore_eos=args.ignore_eos, **extra)
     if args.json:
         out.write(json.dumps({"text": result.text, "stats": result.stats}).encode() + b"\n")
