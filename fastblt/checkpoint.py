@@ -25,6 +25,7 @@ from .config import VOCAB_SIZE, BLTConfig, PatchingConfig, StackConfig
 from .model.blt import BLT
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"  # the shipped BLT-D model
 FORMAT_VERSION = 1
 
 

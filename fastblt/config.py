@@ -22,6 +22,11 @@ MASK_ID = 260  # BLT-D: an absorbing [MASK] slot (input only)
 BLOCK_PAD_ID = 261  # BLT-D: a block slot past the end of the sequence (input only)
 
 
+def byte_ids(data: bytes) -> list[int]:
+    """BLT ids of a sequence: BOS followed by byte b → b + 4 for every byte of ``data``."""
+    return [BOS_ID] + [b + OFFSET for b in data]
+
+
 def ffn_dim_for(dim: int, multiple_of: int = 256) -> int:
     """Llama's SwiGLU hidden size rule used by BLT: 256 · ceil(int(8·dim/3) / 256)."""
     return multiple_of * math.ceil(int(8 * dim / 3) / multiple_of)

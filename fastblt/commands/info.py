@@ -6,13 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load
-from ..config import BOS_ID, OFFSET
+from ..checkpoint import DEFAULT_MODEL, load
+from ..config import byte_ids
 from ..model.params import param_breakdown
 from ..patching import patches as P
 from .presets import COMPONENTS, _fmt
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     data = path.read_bytes()[: args.bytes]
     if not data:
         raise ValueError(f"{path} is empty")
-    ids = torch.tensor([[BOS_ID] + [b + OFFSET for b in data]])
+    ids = torch.tensor([byte_ids(data)])
     with torch.no_grad():
         starts = model.patch_starts(ids)
     lengths = [x for x in P.patch_lengths(starts)[0].tolist() if x > 0]

@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load
+from ..checkpoint import DEFAULT_MODEL, load
 from . import tasks as T
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 TASKS = ("humaneval", "translation_fr", "translation_de", "code", "prose")
 MAIN_SCORE = {"humaneval": "pass@1", "translation_fr": "chrf", "translation_de": "chrf", "code": "chrf", "prose": "chrf"}
 
@@ -83,15 +82,10 @@ def _generator(model, spec: MethodSpec, seed: int, fixed_length: bool):
 
 
 def _nll_fn(model):
-    from ..config import BOS_ID, OFFSET
+    """tasks.NllFn: total next-byte NLL in nats of a text after BOS."""
+    from ..training.objectives import sequence_nll
 
-    @torch.no_grad()
-    def nll(text: bytes) -> float:
-        ids = torch.tensor([[BOS_ID] + [b + OFFSET for b in text]], device=next(model.parameters()).device)
-        logp = torch.log_softmax(model(ids)[0, :-1], -1)
-        return float(-logp.gather(1, ids[0, 1:, None]).sum())
-
-    return nll
+    return lambda text: sequence_nll(model, text)[0]
 
 
 def run_task(model, spec: MethodSpec, task: str, limit: int | None, max_new_bytes: int, fixed_length: bool,
@@ -156,7 +150,7 @@ def hf_side_by_side(model, prompts: list[bytes], new_bytes: int) -> dict[str, An
     except ImportError:
         return {"skipped": "transformers is not installed"}
     from ..checkpoint import save_hf
-    from ..config import BOS_ID, OFFSET
+    from ..config import OFFSET, byte_ids
     from ..generation.api import generate
 
     model = copy.deepcopy(model)
@@ -173,7 +167,7 @@ def hf_side_by_side(model, prompts: list[bytes], new_bytes: int) -> dict[str, An
         t0 = time.perf_counter()
         ours = generate(model, p, method="blt", max_new_bytes=new_bytes).bytes
         ours_s += time.perf_counter() - t0
-        ids = torch.tensor([[BOS_ID] + [b + OFFSET for b in p]])
+        ids = torch.tensor([byte_ids(p)])
         t0 = time.perf_counter()
         with torch.no_grad():
             out = hf.generate(ids, max_new_tokens=new_bytes, do_sample=False, use_cache=False,

@@ -14,10 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from ..checkpoint import load
+from ..checkpoint import DEFAULT_MODEL, load
 from . import tasks as T
-
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

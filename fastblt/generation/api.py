@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..config import BOS_ID, OFFSET
+from ..config import byte_ids
 from ..model.blt import BLT
 from ..model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb, param_breakdown
 from .sampling import Sampler, SamplingParams
@@ -80,7 +80,7 @@ class GenerationResult:
 
 def prompt_ids(prompt: bytes | str) -> list[int]:
     """BOS followed by the prompt's byte ids (byte b → b + 4); str is UTF-8 encoded."""
-    return [BOS_ID] + [b + OFFSET for b in to_bytes(prompt)]
+    return byte_ids(to_bytes(prompt))
 
 
 def bandwidth_stats(model: BLT, decoder_nfe: int, global_nfe: int, global_nfe_paper: int) -> dict[str, float]:

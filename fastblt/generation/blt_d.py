@@ -38,7 +38,7 @@ from ..config import MASK_ID
 from ..model.blt import BLT
 from ..model.layers import causal_window_mask
 from .sampling import suppress
-from .state import BLTState, Counters
+from .state import BLTState
 from .stopping import Context
 
 UNMASK_RULES = ("confidence", "entropy", "one-step")

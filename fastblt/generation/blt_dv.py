@@ -24,8 +24,6 @@ draws with ``ctx.sampler``, so each emitted byte is a sample of the target given
 """
 from __future__ import annotations
 
-import torch
-
 from ..config import EOS_ID
 from ..model.blt import BLT
 from .blt_d import UnmaskRule, check_block_size, fill_block

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+from ..checkpoint import DEFAULT_MODEL
 
 
 def _nonneg_int(s: str) -> int:
