@@ -104,13 +104,33 @@ class LocalEncoder(Stack):
         idx = torch.where(valid, patch_ids, torch.full_like(patch_ids, n_patches))
         pooled = h.new_zeros(b, n_patches + 1, d).scatter_reduce(
             1, idx[..., None].expand(b, t, d), h, reduce="amax", include_self=False)[:, :n_patches]
-        q = self.patch_embedding_projection(pooled).reshape(b, n_patches * self.k, d)
-        q_patch = torch.arange(n_patches, device=h.device).repeat_interleave(self.k)
-        mask = (q_patch[None, :, None] == idx[:, None, :])[:, None]
-        out = self.cross_attn_layers[-1](q, h, mask)
+        q_patch = torch.arange(n_patches, device=h.device)
+        return self._attend(pooled, h, q_patch[None, :, None] == idx[:, None, :])
+
+    def pool_spans(self, h: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Patch vectors of arbitrary (possibly overlapping) byte spans [lo, hi), as :meth:`pool`.
+
+        Used by BLT-D training for the *provisional* latent of an open patch cut at a block start
+        (Fast BLT §4.2: the prefix end is pooled as if it closed a patch). h [B, T, d];
+        lo, hi LongTensor [B, M] (an empty span, hi ≤ lo, gives an unused vector).
+        Returns [B, M, k·d]; equals :meth:`pool` on the same spans when they do not overlap.
+        """
+        t = torch.arange(h.shape[1], device=h.device)
+        member = (t[None, None, :] >= lo[..., None]) & (t[None, None, :] < hi[..., None])  # [B, M, T]
+        neg = torch.finfo(h.dtype).min
+        pooled = torch.where(member[..., None], h[:, None], neg).amax(2)
+        pooled = torch.where(member.any(-1, keepdim=True), pooled, 0.0)
+        return self._attend(pooled, h, member)
+
+    def _attend(self, pooled: torch.Tensor, h: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+        """k queries per patch from its max-pool ``pooled`` [B, M, d], cross-attending the bytes
+        where ``member`` [B, M, T] is True (BLT §3.2.2) → [B, M, k·d]."""
+        b, m, d = pooled.shape
+        q = self.patch_embedding_projection(pooled).reshape(b, m * self.k, d)
+        out = self.cross_attn_layers[-1](q, h, member.repeat_interleave(self.k, dim=1)[:, None])
         if self.double_residual:
             out = out + q
-        return out.reshape(b, n_patches, self.k * d)
+        return out.reshape(b, m, self.k * d)
 
 
 class GlobalTransformer(Stack):
@@ -120,15 +140,20 @@ class GlobalTransformer(Stack):
             nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Patch vectors x [B, P, k·d_local] → latents [B, P, d_global] (causal over patches, no final norm)."""
+                caches: list[KVCache] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch vectors x [B, P, k·d_local] → latents [B, P, d_global] (causal over patches, no final norm).
+
+        mask: optional bool [B, 1, P, P] replacing the causal mask (BLT-D training appends
+        provisional patches that attend only the closed patches before them and themselves).
+        """
         b, p, _ = x.shape
         if positions is None:
             start = caches[0].length if caches else 0
             positions = torch.arange(start, start + p, device=x.device).expand(b, p)
         if self.token_embedding_projection is not None:
             x = self.token_embedding_projection(x)
-        mask = causal_window_mask(positions, _key_positions(positions, caches), None)
+        if mask is None:
+            mask = causal_window_mask(positions, _key_positions(positions, caches), None)
         return self.run_layers(x, positions, mask, caches)
 
 
@@ -227,14 +252,16 @@ class BLT(nn.Module):
         or BLOCK_PAD_ID), without hash n-grams (n-grams over masks are ill-defined). [B, T] → [B, T, d]."""
         return self.local_encoder.embed_tokens(slot_ids)
 
-    def encode(self, ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Local encoder + global transformer. Returns (h_enc [B, N, d_local], latents [B, P, d_global])."""
+    def encode(self, ids: torch.Tensor, starts: torch.Tensor,
+               pooled_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local encoder + global transformer. Returns (h_enc [B, N, d_local], latents [B, P, d_global]);
+        with ``pooled_only`` the patch vectors [B, P, k·d_local] before the global transformer."""
         b, n = ids.shape
         pos = torch.arange(n, device=ids.device).expand(b, n)
         h = self.local_encoder(self.embed(ids), pos)
         n_p = int(P.num_patches(starts).max())
         patch_vecs = self.local_encoder.pool(h, P.encoder_patch_ids(starts), n_p)
-        return h, self.global_transformer(patch_vecs)
+        return h, (patch_vecs if pooled_only else self.global_transformer(patch_vecs))
 
     def decode_clean(self, h: torch.Tensor, latents: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """Causal local decoder over clean bytes (BLT latent rule) → logits [B, N, 260] float32."""

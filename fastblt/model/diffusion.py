@@ -16,6 +16,19 @@ attends every prefix row and the whole block, and the latent of the last prefix 
 end treated as a closed patch). When the prefix ends exactly at a patch boundary this is the
 training layout of that block — :func:`block_logits_inference` and :func:`forward_training_layout`
 must then agree (tested).
+
+Aligned layout (our extension, see the README's faithfulness notes). At inference a block starts
+where the previous one ended, mostly *inside* a patch, and reads a latent that the paper's training
+layout never produces. :func:`aligned_blocks` samples block starts m anywhere in the row and gives
+each block the latent its schedule reads there:
+- "provisional" (BLT-D and the paper schedule of BLT-DV, Fast BLT §4.2): the open patch
+  [s_open, m) pooled as if closed, on top of the closed patches before it. When m is itself a patch
+  start, that is the closed patch ending at m − 1, as in the paper's layout. Otherwise an extra
+  global-transformer row computes it (:func:`provisional_latents`: it attends the closed patches
+  before it and itself, at the open patch's position).
+- "fused" (fused BLT-DV): the latent of the last patch closed before byte m − 1's patch, i.e. the
+  one the previous verifying pass computed.
+Slot rows still attend clean rows < m only, so the label-leak argument is unchanged.
 """
 from __future__ import annotations
 
@@ -28,18 +41,27 @@ from ..patching import patches as P
 from .layers import causal_window_mask
 
 
+LATENT_KINDS = ("provisional", "fused")
+
+
 @dataclass
 class BlockLayout:
     """Blocks of a batch in the training layout; Q = max blocks per row, B = block size.
 
-    start: LongTensor [b, Q] block start positions s_q (0 where invalid); latent: LongTensor [b, Q]
-    latent index q − 1; valid: BoolTensor [b, Q]; size: B.
+    start: LongTensor [b, Q] block start positions (0 where invalid); latent: LongTensor [b, Q]
+    index of the closed-patch latent a block reads; valid: BoolTensor [b, Q]; size: B.
+    Aligned layouts also set provisional: BoolTensor [b, Q] (the block reads the provisional latent
+    of the open patch [open_start, start) at global position ``latent`` instead), open_start:
+    LongTensor [b, Q], and fused: BoolTensor [b, Q] (the block's kind, for reports).
     """
 
     start: torch.Tensor
     latent: torch.Tensor
     valid: torch.Tensor
     size: int
+    provisional: torch.Tensor | None = None
+    open_start: torch.Tensor | None = None
+    fused: torch.Tensor | None = None
 
     @property
     def slot_positions(self) -> torch.Tensor:
@@ -70,6 +92,63 @@ def training_blocks(starts: torch.Tensor, block_size: int) -> BlockLayout:
         valid[r, : len(s)] = True
     latent = torch.arange(q_max, device=starts.device).expand(b, -1).clone()  # block q (1-based patch q+1) → o_q
     return BlockLayout(start=start, latent=latent, valid=valid, size=block_size)
+
+
+def aligned_blocks(starts: torch.Tensor, block_size: int, n_blocks: int, fused_frac: float,
+                   generators: list[torch.Generator]) -> BlockLayout:
+    """Blocks at sampled starts with the latent each schedule reads there (module docstring).
+
+    starts: BoolTensor [b, N + 1] (patch starts, column N = the next byte); n_blocks: blocks per row,
+    at distinct starts m drawn uniformly from 2 .. N (sorted); fused_frac: probability that a block
+    reads the fused-schedule latent instead of the provisional one. Row r draws from the CPU
+    generator ``generators[r]`` only, so its blocks do not depend on the rest of the batch.
+    Raises ValueError for N < 2 or n_blocks < 1.
+    """
+    b, n1 = starts.shape
+    n = n1 - 1
+    if n < 2 or n_blocks < 1:
+        raise ValueError(f"aligned blocks need N >= 2 bytes and n_blocks >= 1 (got N={n}, n_blocks={n_blocks})")
+    q = min(n_blocks, n - 1)
+    dev = starts.device
+    start = torch.stack([torch.randperm(n - 1, generator=g)[:q] + 2 for g in generators]).sort(1).values
+    fused = torch.stack([torch.rand(q, generator=g) < fused_frac for g in generators])
+    start, fused = start.to(dev), fused.to(dev)
+    enc = P.encoder_patch_ids(starts)                       # [b, N] patch of each byte
+    prev_patch = enc.gather(1, start - 1)                   # patch holding byte m − 1
+    at_start = starts.gather(1, start)                      # m begins a patch: m − 1 closes one
+    cum = torch.cummax(torch.where(starts[:, :n], torch.arange(n, device=dev), 0), 1).values
+    open_start = cum.gather(1, start - 1)                   # first byte of byte m − 1's patch
+    provisional = ~fused & ~at_start
+    latent = torch.where(fused, prev_patch - 1, prev_patch)
+    valid = torch.ones(b, q, dtype=torch.bool, device=dev)
+    return BlockLayout(start=start, latent=latent, valid=valid, size=block_size,
+                       provisional=provisional, open_start=open_start, fused=fused)
+
+
+def provisional_latents(model, h: torch.Tensor, patch_vecs: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    """Latents [b, P + Q, d_global]: the P closed-patch latents, then one provisional latent per
+    block (used only where ``layout.provisional``), in one global-transformer call.
+
+    h [b, N, d_local] encoder byte states; patch_vecs [b, P, k·d_local] pooled closed patches.
+    Provisional row q sits at global position ``layout.latent[q]`` (the open patch's index) and
+    attends the closed patches before it and itself, so it equals the latent that generation
+    computes when the prefix ends at the block start (Fast BLT §4.2).
+    """
+    b, p, _ = patch_vecs.shape
+    qn = layout.start.shape[1]
+    dev = h.device
+    lo = torch.where(layout.provisional, layout.open_start, 0)
+    hi = torch.where(layout.provisional, layout.start, 0)
+    prov = model.local_encoder.pool_spans(h, lo, hi)
+    pos_closed = torch.arange(p, device=dev).expand(b, p)
+    pos_prov = torch.where(layout.provisional, layout.latent, 0)
+    positions = torch.cat([pos_closed, pos_prov], 1)
+    cc = pos_closed[:, :, None] >= pos_closed[:, None, :]
+    cp = torch.zeros(b, p, qn, dtype=torch.bool, device=dev)
+    pc = pos_closed[:, None, :] < pos_prov[:, :, None]
+    pp = torch.eye(qn, dtype=torch.bool, device=dev).expand(b, qn, qn)
+    mask = torch.cat([torch.cat([cc, cp], 2), torch.cat([pc, pp], 2)], 1)[:, None]
+    return model.global_transformer(torch.cat([patch_vecs, prov], 1), positions, mask=mask)
 
 
 def block_targets(row: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
@@ -133,7 +212,15 @@ def forward_training_layout(model, ids: torch.Tensor, starts: torch.Tensor, slot
     Returns (clean_logits [b, N, 260], slot_logits [b, Q·B, 260]), float32.
     """
     b, n = ids.shape
-    h, latents = model.encode(ids, starts)
+    if layout.provisional is None:
+        h, latents = model.encode(ids, starts)
+    else:
+        h, patch_vecs = model.encode(ids, starts, pooled_only=True)
+        p = patch_vecs.shape[1]
+        latents = provisional_latents(model, h, patch_vecs, layout)
+        q = torch.arange(layout.start.shape[1], device=ids.device).expand_as(layout.start)
+        layout = BlockLayout(start=layout.start, latent=torch.where(layout.provisional, p + q, layout.latent),
+                             valid=layout.valid, size=layout.size)
     n_lat = latents.shape[1]
     if layout.valid.any():
         # blocks whose latent index is past the encoded patches cannot occur: s_q ≤ N ⇒ q − 1 < P
@@ -146,14 +233,18 @@ def forward_training_layout(model, ids: torch.Tensor, starts: torch.Tensor, slot
     return logits[:, :n], logits[:, n:]
 
 
-def block_logits_inference(model, prefix: torch.Tensor, slot_ids: torch.Tensor) -> torch.Tensor:
+def block_logits_inference(model, prefix: torch.Tensor, slot_ids: torch.Tensor,
+                           latent: str = "provisional") -> torch.Tensor:
     """Reference (uncached) BLT-D block pass in the inference layout (Fast BLT §3.1.1, Algorithm 1).
 
     prefix [1, N] clean ids (BOS first); slot_ids [1, B] block contents (MASK_ID where unknown).
     The prefix is patched with the entropy patcher and its end treated as a closed patch; block rows
-    attend the whole prefix and the whole block and cross-attend the last latent.
-    Returns slot logits [1, B, 260] float32.
+    attend the whole prefix and the whole block and cross-attend the last latent ("provisional",
+    BLT-D / paper schedule) or, with latent="fused", the latent of the last patch closed before
+    byte N − 1's patch (what fused BLT-DV reads). Returns slot logits [1, B, 260] float32.
     """
+    if latent not in LATENT_KINDS:
+        raise ValueError(f"latent must be one of {LATENT_KINDS}, not {latent!r}")
     b, n = prefix.shape
     bsz = slot_ids.shape[1]
     starts = model.patch_starts(prefix)
@@ -168,7 +259,8 @@ def block_logits_inference(model, prefix: torch.Tensor, slot_ids: torch.Tensor) 
     ss = torch.ones(b, bsz, bsz, dtype=torch.bool, device=prefix.device)
     self_mask = torch.cat([torch.cat([cc, cs], 2), torch.cat([sc, ss], 2)], 1)[:, None]
     kv_latent = torch.arange(n_lat, device=prefix.device).repeat_interleave(model.cfg.cross_attn_k)
-    lat = torch.cat([P.decoder_patch_ids(starts), torch.full((b, bsz), n_lat - 1, device=prefix.device)], 1)
+    read = n_lat - 1 if latent == "provisional" else int(P.encoder_patch_ids(starts)[0, n - 1]) - 1
+    lat = torch.cat([P.decoder_patch_ids(starts), torch.full((b, bsz), read, device=prefix.device)], 1)
     cross_mask = (lat[:, :, None] == kv_latent[None, None, :])[:, None]
     x = torch.cat([h, model.slot_embeddings(slot_ids)], 1)
     out = model.local_decoder(x, torch.cat([clean_pos, slot_pos], 1), self_mask,

@@ -3,22 +3,37 @@
 A training row is a LongTensor [b, N + 1] of BLT ids (BOS first): inputs ``ids = row[:, :-1]``
 ([b, N]) and next-byte targets ``row[:, 1:]``. Losses are in nats; bits per byte = nats / ln 2.
 
-BLT-D loss and its normalisation (the paper writes plain sums; see paper notes §5.3):
+BLT-D loss (Fast BLT §3.2, eq. 5–7; configured by :class:`BLTDLoss`):
 
     L = L_clean + L_mask
     L_clean = mean over the b·N clean positions of −log p(x_{i+1} | x_≤i)         (= BLT's loss)
-    L_mask  = Σ_{rows r} Σ_{masked slots j of r} (1 / t_r) · CE_j  /  n_valid
+    L_mask  = Σ_{rows r} w_r Σ_{masked slots j of r} (1 / t_r) · CE_j
 
 where t_r ~ U(ε, 1) (ε = 1e-3) is the mask rate of row r, a slot is masked with probability t_r,
-BLOCK_PAD slots (past the row end) are never masked nor scored, and n_valid is the number of
-non-pad block slots in the (global) batch. Since E[#masked] = t·n_valid, E[L_mask] is the mean
-slot CE averaged over noise levels: the two terms have comparable scale. Under DDP each rank's
-L_mask uses the *global* n_valid (all-reduced, ``mask_denominator``) times the world size, so
-that DDP's gradient average equals the single-process gradient of the global batch.
+and BLOCK_PAD slots (past the row end) are never masked nor scored. The paper writes plain sums;
+the row weight w_r says how they are normalised:
+- ``mask_norm="sum"`` (the paper's literal L_clean + L_mask, both sums divided by the same b·N):
+  w_r = (blocks the paper's layout puts in row r / blocks scored in row r) / (b·N), so that with
+  sampled blocks L_mask is an unbiased estimate of the paper's sum over one block per patch;
+- ``mask_norm="mean"``: w_r = 1 / n_valid, n_valid = non-pad block slots in the (global) batch, so
+  E[L_mask] is the mean slot CE averaged over noise levels (B = 4/8/16 give each slot 0.83×/0.42×/
+  0.21× the weight of "sum" with the paper's layout).
+Under DDP each rank uses the *global* denominator (all-reduced, ``mask_denominator``) times the
+world size, so that DDP's gradient average equals the single-process gradient of the global batch.
+
+Which blocks are scored (``blocks``): "patch" is the paper's layout (one block per patch start,
+reading the closed latent); "aligned" samples ``N / block_stride`` starts per row anywhere, each
+reading the latent its schedule reads at inference (provisional or fused; model/diffusion.py).
+``distill`` λ mixes the model's own next-byte distribution (the clean row that predicts the same
+byte, detached) into the slot targets: (1 − λ)·onehot(x) + λ·softmax(clean logits). BLT-DV accepts
+a draft when it matches the model's own greedy byte, so this teaches the block head what the
+verifier will say (self-distillation, as Medusa/EAGLE drafters are trained); losslessness does
+not depend on it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,8 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import BLOCK_PAD_ID, EOS_ID, MASK_ID, byte_ids
-from ..model.diffusion import (block_logits_inference, block_targets, corrupt, forward_training_layout,
-                               training_blocks)
+from ..model.diffusion import (LATENT_KINDS, BlockLayout, aligned_blocks, block_logits_inference, block_targets,
+                               corrupt, forward_training_layout, training_blocks)
 
 LN2 = math.log(2.0)
 
@@ -92,48 +107,114 @@ def blt_loss(model: nn.Module, row: torch.Tensor) -> tuple[torch.Tensor, dict[st
     return loss, {"ce": loss.detach()}
 
 
+@dataclass(frozen=True)
+class BLTDLoss:
+    """How the BLT-D objective builds and weighs its blocks (module docstring).
+
+    block_size: B; blocks: "aligned" | "patch"; block_stride: aligned only, one block per this many
+    bytes of a row; fused_frac: aligned only, share of blocks reading the fused-schedule latent;
+    mask_norm: "sum" | "mean"; distill: λ in [0, 1]. Raises ValueError for other values.
+    """
+
+    block_size: int
+    blocks: str = "aligned"
+    block_stride: int = 16
+    fused_frac: float = 0.5
+    mask_norm: str = "sum"
+    distill: float = 0.0
+
+    def __post_init__(self):
+        if self.block_size not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"block size must be one of 1, 2, 4, 8, 16, 32, not {self.block_size}")
+        if self.blocks not in ("aligned", "patch"):
+            raise ValueError(f"blocks must be 'aligned' or 'patch', not {self.blocks!r}")
+        if self.mask_norm not in ("sum", "mean"):
+            raise ValueError(f"mask_norm must be 'sum' or 'mean', not {self.mask_norm!r}")
+        if not (isinstance(self.block_stride, int) and self.block_stride >= 1):
+            raise ValueError(f"block_stride must be an integer >= 1, not {self.block_stride!r}")
+        if not (0.0 <= self.fused_frac <= 1.0 and 0.0 <= self.distill <= 1.0):
+            raise ValueError(f"fused_frac and distill must lie in [0, 1] (got {self.fused_frac}, {self.distill})")
+
+
 def masked_diffusion_loss(slot_logits: torch.Tensor, targets: torch.Tensor, slots: torch.Tensor, t: torch.Tensor,
-                          denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+                          denominator: torch.Tensor | float | None = None, row_scale: torch.Tensor | None = None,
+                          soft: torch.Tensor | None = None, distill: float = 0.0) -> torch.Tensor:
     """L_mask (Fast BLT eq. 6) with our normalisation (module docstring).
 
     slot_logits [b, S, 260]; targets [b, S] clean slot ids (BLOCK_PAD_ID = not scored); slots [b, S]
-    corrupted slot ids (MASK_ID = scored); t [b] mask rates; denominator: number of valid (non-pad)
-    slots to divide by (default: those of this batch, at least 1). Returns a scalar (nats).
+    corrupted slot ids (MASK_ID = scored); t [b] mask rates; denominator: what the weighted sum is
+    divided by (default: this batch's valid (non-pad) slots, at least 1); row_scale [b]: extra
+    per-row weights (default 1); soft [b, S, 260]: teacher logits, mixed into the one-hot targets
+    with weight ``distill``. Returns a scalar (nats).
     """
     scored = (slots == MASK_ID) & (targets != BLOCK_PAD_ID)
     if denominator is None:
         denominator = (targets != BLOCK_PAD_ID).sum().clamp(min=1)
-    ce = F.cross_entropy(slot_logits[scored].float(), targets[scored], reduction="none")
-    w = (1.0 / t)[:, None].expand_as(scored)[scored]
-    return (ce * w).sum() / denominator
+    logits = slot_logits[scored].float()
+    ce = F.cross_entropy(logits, targets[scored], reduction="none")
+    if distill > 0.0:
+        teacher = torch.softmax(soft[scored].float().detach(), -1)
+        ce = (1.0 - distill) * ce - distill * (teacher * torch.log_softmax(logits, -1)).sum(-1)
+    w = 1.0 / t if row_scale is None else row_scale / t
+    return (ce * w[:, None].expand_as(scored)[scored]).sum() / denominator
 
 
-def bltd_loss(model: nn.Module, row: torch.Tensor, block_size: int, seed: int, step: int, rows: list[int],
+def bltd_layout(model: nn.Module, ids: torch.Tensor, starts: torch.Tensor, cfg: BLTDLoss, seed: int, step: int,
+                rows: list[int]) -> BlockLayout:
+    """The blocks scored for inputs ids [b, N] (sampled per (seed, step, global row))."""
+    if cfg.blocks == "patch":
+        return training_blocks(starts, cfg.block_size)
+    n_blocks = max(1, ids.shape[1] // cfg.block_stride)
+    return aligned_blocks(starts, cfg.block_size, n_blocks, cfg.fused_frac,
+                          [row_generator(seed, step, r, 3) for r in rows])
+
+
+def mask_row_scale(starts: torch.Tensor, layout: BlockLayout, cfg: BLTDLoss) -> torch.Tensor | None:
+    """Per-row weights for mask_norm="sum" with sampled blocks: paper blocks / scored blocks, [b]."""
+    if cfg.mask_norm != "sum" or cfg.blocks == "patch":
+        return None
+    paper_blocks = starts[:, 1:].sum(1).float()  # one block per patch q ≥ 1 with s_q ≤ N
+    return paper_blocks / layout.valid.sum(1).clamp(min=1).float()
+
+
+def mask_denominator_of(model: nn.Module, row: torch.Tensor, cfg: BLTDLoss, seed: int = 0, step: int = 0,
+                        rows: list[int] | None = None) -> torch.Tensor:
+    """This batch's share of the L_mask denominator (float scalar): b·N for "sum", else the number
+    of non-pad block slots. Sum it over DDP ranks for the global denominator."""
+    if cfg.mask_norm == "sum":
+        return torch.tensor(float(row.shape[0] * (row.shape[1] - 1)), device=row.device)
+    rows = list(range(row.shape[0])) if rows is None else rows
+    with torch.no_grad():
+        ids = row[:, :-1]
+        layout = bltd_layout(model, ids, model.patch_starts(ids), cfg, seed, step, rows)
+        return (block_targets(row, layout) != BLOCK_PAD_ID).sum().float().clamp(min=1)
+
+
+def bltd_loss(model: nn.Module, row: torch.Tensor, cfg: BLTDLoss, seed: int, step: int, rows: list[int],
               mask_denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BLT-D loss L_clean + L_mask on row [b, N + 1] (Fast BLT §3.2), one decoder pass.
 
     rows: global row indices (noise is drawn per (seed, step, row)); mask_denominator: the global
-    count of valid block slots (see module docstring) or None for this batch's count.
+    denominator (:func:`mask_denominator_of` summed over ranks) or None for this batch's.
     """
     ids = row[:, :-1]
     with torch.no_grad():
         starts = model.patch_starts(ids)
-    layout = training_blocks(starts, block_size)
+    layout = bltd_layout(model, ids, starts, cfg, seed, step, rows)
     targets = block_targets(row, layout)
     t = sample_t(seed, step, rows).to(row.device)
     slots = corrupt_rows(targets, t, seed, step, rows)
-    clean_logits, slot_logits = forward_training_layout(model, ids, starts, slots, layout)
+    clean_logits, slot_logits = forward_training_layout(model, ids, starts, slots, layout)  # [b,N,V], [b,Q·B,V]
     l_clean = next_byte_ce(clean_logits, row[:, 1:])
-    l_mask = masked_diffusion_loss(slot_logits, targets, slots, t, mask_denominator)
+    soft = None
+    if cfg.distill > 0.0:  # the clean row that predicts the same byte as each slot: position − 1
+        src = (layout.slot_positions - 1).clamp(0, ids.shape[1] - 1)
+        soft = clean_logits.gather(1, src[..., None].expand(-1, -1, clean_logits.shape[-1]))
+    if mask_denominator is None:
+        mask_denominator = mask_denominator_of(model, row, cfg, seed, step, rows)
+    l_mask = masked_diffusion_loss(slot_logits, targets, slots, t, mask_denominator,
+                                   mask_row_scale(starts, layout, cfg), soft, cfg.distill)
     return l_clean + l_mask, {"ce": l_clean.detach(), "mask": l_mask.detach()}
-
-
-def count_valid_slots(model: nn.Module, row: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Number of non-pad block slots of row [b, N + 1] (int64 scalar), for the global L_mask denominator."""
-    with torch.no_grad():
-        starts = model.patch_starts(row[:, :-1])
-        layout = training_blocks(starts, block_size)
-        return (block_targets(row, layout) != BLOCK_PAD_ID).sum()
 
 
 class Objective(nn.Module):
@@ -142,13 +223,17 @@ class Objective(nn.Module):
     forward(row [b, N + 1], step, rows, mask_denominator) → (loss scalar, stats of detached scalars).
     """
 
-    def __init__(self, model: nn.Module, kind: str, block_size: int | None = None, seed: int = 0):
+    def __init__(self, model: nn.Module, kind: str, block_size: int | None = None, seed: int = 0,
+                 bltd: BLTDLoss | None = None):
         super().__init__()
         if kind not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {kind!r}")
-        if kind == "bltd" and not block_size:
+        if kind == "bltd" and not (block_size or bltd):
             raise ValueError("the bltd objective needs a block size")
-        self.model, self.kind, self.block_size, self.seed = model, kind, block_size, seed
+        if kind == "bltd" and bltd is None:
+            bltd = BLTDLoss(block_size)
+        self.model, self.kind, self.seed, self.bltd = model, kind, seed, bltd
+        self.block_size = bltd.block_size if bltd is not None else block_size
 
     def forward(self, row: torch.Tensor, step: int = 0, rows: list[int] | None = None,
                 mask_denominator: torch.Tensor | None = None):
@@ -157,7 +242,7 @@ class Objective(nn.Module):
         if self.kind == "blt":
             return blt_loss(self.model, row)
         rows = list(range(row.shape[0])) if rows is None else rows
-        return bltd_loss(self.model, row, self.block_size, self.seed, step, rows, mask_denominator)
+        return bltd_loss(self.model, row, self.bltd, self.seed, step, rows, mask_denominator)
 
 
 @torch.no_grad()
@@ -204,3 +289,66 @@ def masked_slot_accuracy(model: nn.Module, rows: torch.Tensor, block_size: int, 
         total += int(m.sum())
     model.train(was_training)
     return correct / total if total else 0.0
+
+
+@torch.no_grad()
+def slot_accuracy_report(model: nn.Module, rows: torch.Tensor, block_size: int, n_blocks: int = 16,
+                         t: float = 1.0, seed: int = 0, check_inference: bool = True) -> dict:
+    """Per-slot accuracy of BLT-D blocks by start kind and latent (issue: train/inference alignment).
+
+    rows [b, N + 1]; ``n_blocks`` starts per row drawn as in aligned training (same starts for both
+    latents); each slot is masked with probability ``t`` (1.0: every slot masked, the one-step
+    draft). For latent ∈ {"provisional", "fused"} and start ∈ {"boundary" (the block starts a
+    patch), "mid" (inside a patch)}, returns lists over slots 1..B of
+    - ``training``: argmax accuracy in the training layout (one :func:`forward_training_layout` pass);
+    - ``inference``: the same blocks through :func:`block_logits_inference` on the prefix (must equal
+      ``training``: the label-leak check), when ``check_inference``;
+    - ``greedy``: agreement of the slot's argmax with the model's own next-byte argmax at the same
+      position under teacher forcing (what BLT-DV's verifier compares against, for slot 1 exactly);
+    plus ``ar`` (next-byte accuracy of the clean row predicting slot 1's byte) and ``blocks``.
+    """
+    was_training = model.training
+    model.eval()
+    ids = rows[:, :-1]
+    starts = model.patch_starts(ids)
+    b, n = ids.shape
+    B = block_size
+    out: dict = {}
+    for kind, frac in (("provisional", 0.0), ("fused", 1.0)):
+        gens = [row_generator(seed, 0, r, 3) for r in range(b)]
+        lay = aligned_blocks(starts, B, n_blocks, frac, gens)
+        targets = block_targets(rows, lay)
+        g = torch.Generator().manual_seed(seed + 7)
+        slots = corrupt(targets.cpu(), torch.full((b,), float(t)), g).to(rows.device)
+        clean_logits, slot_logits = forward_training_layout(model, ids, starts, slots, lay)
+        clean_arg = clean_logits.argmax(-1)
+        at_start = starts.gather(1, lay.start)
+        stats = {w: {"training": torch.zeros(B), "inference": torch.zeros(B), "greedy": torch.zeros(B),
+                     "count": torch.zeros(B), "ar": 0.0, "blocks": 0} for w in ("boundary", "mid")}
+        for r in range(b):
+            for q in range(lay.start.shape[1]):
+                m = int(lay.start[r, q])
+                where = "boundary" if bool(at_start[r, q]) else "mid"
+                st = stats[where]
+                sl = slice(q * B, (q + 1) * B)
+                tgt, sid, lg = targets[r, sl], slots[r, sl], slot_logits[r, sl]
+                scored = (sid == MASK_ID) & (tgt != BLOCK_PAD_ID)
+                pos = torch.arange(m, m + B).clamp(max=n - 1)
+                pred = lg.argmax(-1)
+                st["training"] += ((pred == tgt) & scored).float()
+                st["greedy"] += ((pred == clean_arg[r, pos - 1]) & scored & (torch.arange(m, m + B) <= n)).float()
+                st["count"] += scored.float()
+                st["ar"] += float(clean_arg[r, m - 1] == rows[r, m])
+                st["blocks"] += 1
+                if check_inference:
+                    il = block_logits_inference(model, ids[r:r + 1, :m], sid[None], latent=kind)[0]
+                    st["inference"] += ((il.argmax(-1) == tgt) & scored).float()
+        out[kind] = {}
+        for where, st in stats.items():
+            c = st["count"].clamp(min=1)
+            out[kind][where] = {"blocks": st["blocks"], "ar": st["ar"] / max(1, st["blocks"]),
+                                "training": (st["training"] / c).tolist(), "greedy": (st["greedy"] / c).tolist()}
+            if check_inference:
+                out[kind][where]["inference"] = (st["inference"] / c).tolist()
+    model.train(was_training)
+    return out

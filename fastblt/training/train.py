@@ -6,7 +6,13 @@ Objectives (``--objective``):
   so its checkpoint is an ordinary fastblt checkpoint. Calibrate its threshold afterwards with
   ``python -m fastblt.training.calibrate``.
 - ``blt``: next-byte CE; patches from the frozen, calibrated entropy model (``--entropy-model``).
-- ``bltd``: BLT-D, L_clean + L_mask (Fast BLT §3.2) with block size ``--block-size``.
+- ``bltd``: BLT-D, L_clean + L_mask (Fast BLT §3.2) with block size ``--block-size``; which blocks
+  are scored and how L_mask is weighed: ``--blocks``, ``--block-stride``, ``--fused-frac``,
+  ``--mask-norm``, ``--distill`` (:class:`fastblt.training.objectives.BLTDLoss`).
+
+Warm start (``--init-from DIR``, not in the paper): start from a trained BLT or BLT-D of the same
+shape; its entropy model and patching come along (no ``--entropy-model`` needed). A plain BLT's
+byte table gets fresh MASK / BLOCK_PAD rows.
 
 Optimisation (paper notes §8.2): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1 on matrices, linear
 warmup then cosine to 0 over ``--steps``, global grad-norm clip 1.0.
@@ -34,7 +40,7 @@ from ..config import preset
 from ..data.dataset import ByteDataset
 from ..model.blt import BLT
 from . import state as S
-from .objectives import LN2, OBJECTIVES, Objective, count_valid_slots
+from .objectives import LN2, OBJECTIVES, BLTDLoss, Objective, mask_denominator_of
 
 VAL_SEED = 1_000_003  # val batches: fixed rows, independent of the training seed
 
@@ -47,6 +53,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy-model", default=None,
                    help="trained entropy run folder (blt/bltd): weights → model.patcher, calibrated threshold")
     p.add_argument("--block-size", type=int, choices=(4, 8, 16), default=8, help="BLT-D block size B")
+    p.add_argument("--blocks", choices=("aligned", "patch"), default="aligned",
+                   help="bltd: 'patch' = one block per patch start, closed latent (the paper); 'aligned' = "
+                        "blocks at sampled starts, inside patches too, each reading the latent its schedule "
+                        "reads at inference (default)")
+    p.add_argument("--block-stride", type=int, default=16,
+                   help="bltd, aligned: one block per this many bytes of a row (default 16)")
+    p.add_argument("--fused-frac", type=float, default=0.5,
+                   help="bltd, aligned: share of blocks reading the fused BLT-DV latent (default 0.5)")
+    p.add_argument("--mask-norm", choices=("sum", "mean"), default="sum",
+                   help="bltd: L_mask weight: 'sum' = the paper's literal L_clean + L_mask (default), "
+                        "'mean' = per valid slot")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="bltd: weight λ of the model's own next-byte distribution in the slot targets "
+                        "(self-distillation; default 0)")
+    p.add_argument("--init-from", default=None,
+                   help="warm start from a trained BLT/BLT-D model folder of the same shape (its entropy "
+                        "model and patching come along)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps; the cosine schedule ends here")
     p.add_argument("--batch-size", type=int, default=8, help="global batch (rows)")
     p.add_argument("--seq-len", type=int, default=512, help="bytes per row (inputs)")
@@ -131,9 +154,65 @@ def load_entropy_run(path: str | Path) -> tuple[BLT, dict[str, Any]]:
                             f"--entropy-model {p}` first")
 
 
+def _init_objective(path: Path) -> str | None:
+    """The objective a model folder was trained with, where its files say so (None: unknown)."""
+    st = path / S.STATE_NAME
+    cfg = json.loads((path / checkpoint.CONFIG_NAME).read_text())
+    if isinstance(cfg.get("training"), dict) and cfg["training"].get("objective"):
+        return str(cfg["training"]["objective"])
+    if st.exists():
+        try:
+            return str(S.load_trainer_state(path).get("extra", {}).get("objective") or "") or None
+        except Exception:  # noqa: BLE001 - a state we cannot read tells us nothing
+            return None
+    return None
+
+
+def warm_start(model: BLT, path: str | Path, objective: str) -> BLT:
+    """Copy a trained model's weights into ``model`` (same shape), patcher and patching included.
+
+    A plain BLT's encoder byte table (260 rows) fills the first rows of a BLT-D's (262); MASK and
+    BLOCK_PAD keep their fresh initialisation. Raises ValueError for a model of another shape, an
+    entropy-model run, or a BLT-D trained for another block size.
+    """
+    src_dir = resolve_model_dir(path)
+    kind = _init_objective(src_dir)
+    if kind == "entropy":
+        raise ValueError(f"--init-from {src_dir}: an entropy-model run, not a trained BLT (objective {objective})")
+    src = checkpoint.load(src_dir).float()
+    a, b = src.cfg, model.cfg
+    src_b, dst_b = a.diffusion_block_size, b.diffusion_block_size
+    if src_b is not None and dst_b is not None and src_b != dst_b:
+        raise ValueError(f"--init-from {src_dir} is a BLT-D trained for block size B = {src_b}, "
+                         f"not the requested B = {dst_b}")
+    shape = ("encoder", "global_", "decoder", "entropy", "cross_attn_k", "encoder_cross_attn_all_layers",
+             "decoder_cross_attn_all_layers", "hash_ngram_sizes", "hash_vocab", "hash_functions", "double_residual",
+             "global_input_dim")
+    diff = {f: (getattr(a, f, None), getattr(b, f, None)) for f in shape if getattr(a, f, None) != getattr(b, f, None)}
+    if diff:
+        raise ValueError(f"--init-from {src_dir} has another shape than the run's model: "
+                         + ", ".join(f"{k}: {x} (checkpoint) vs {y} (run)" for k, (x, y) in diff.items()))
+    sd = src.state_dict()
+    own = model.state_dict()
+    for k, v in own.items():
+        w = sd[k]
+        if w.shape != v.shape and k == "local_encoder.embed_tokens.weight" and w.shape[0] <= v.shape[0]:
+            w = torch.cat([w, v[w.shape[0]:]], 0)
+        own[k] = w
+    model.load_state_dict(own)
+    return model
+
+
 def build_model(args: argparse.Namespace) -> BLT:
-    """A fresh model for the run; blt/bltd get the trained patcher and calibrated threshold."""
+    """A fresh model for the run; blt/bltd get the trained patcher and calibrated threshold
+    (from ``--entropy-model``, or from the ``--init-from`` model)."""
     cfg = preset(args.preset, diffusion_block_size=args.block_size if args.objective == "bltd" else None)
+    if args.objective != "entropy" and args.init_from is not None:
+        src_dir = resolve_model_dir(args.init_from)
+        src_cfg = checkpoint.load(src_dir).cfg
+        cfg.entropy, cfg.patching = src_cfg.entropy, src_cfg.patching
+        torch.manual_seed(args.seed)
+        return warm_start(BLT(cfg), src_dir, args.objective)
     if args.objective != "entropy":
         ent, cal = load_entropy_run(args.entropy_model)
         cfg.entropy = ent.cfg.entropy
@@ -157,7 +236,13 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 _MUST_MATCH = ("objective", "preset", "block_size", "steps", "batch_size", "seq_len", "seed", "lr", "warmup",
-               "entropy_model", "data", "weight_decay", "grad_clip")
+               "entropy_model", "data", "weight_decay", "grad_clip", "blocks", "block_stride", "fused_frac",
+               "mask_norm", "distill", "init_from")
+
+
+def bltd_loss_config(args: argparse.Namespace) -> BLTDLoss:
+    """The BLT-D loss configuration of the command line (raises ValueError for bad values)."""
+    return BLTDLoss(args.block_size, args.blocks, args.block_stride, args.fused_frac, args.mask_norm, args.distill)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -242,6 +327,10 @@ def run(args: argparse.Namespace) -> int:
             and args.weight_decay >= 0 and args.grad_clip > 0 and (args.warmup is None or args.warmup >= 0)):
         raise ValueError("--lr and --grad-clip must be > 0, --eval-batches ≥ 1, and --save-every, --eval-every, "
                          "--weight-decay, --warmup ≥ 0")
+    if args.objective == "bltd":
+        bltd_loss_config(args)  # raises ValueError for bad --blocks/--block-stride/--fused-frac/--distill
+    if args.init_from is not None and args.objective == "entropy":
+        raise ValueError("--init-from is for the blt and bltd objectives")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available")
     device = torch.device(f"cuda:{local_rank}" if args.device.startswith("cuda") and world > 1 else args.device)
@@ -297,7 +386,8 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
             if torch.is_tensor(v) and k != "step":
                 s[k] = v.to(device)
 
-    objective = Objective(model, args.objective, args.block_size, args.seed)
+    objective = Objective(model, args.objective, args.block_size, args.seed,
+                          bltd_loss_config(args) if args.objective == "bltd" else None)
     net: torch.nn.Module = objective
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -353,7 +443,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                 row = row.to(device)
                 denom = None
                 if args.objective == "bltd":
-                    denom = count_valid_slots(model, row, args.block_size).to(device)
+                    denom = mask_denominator_of(model, row, objective.bltd, args.seed, step, row_ids).to(device)
                     if distributed:
                         dist.all_reduce(denom)
                     denom = denom.clamp(min=1).float() / world  # DDP averages: world · Σ_rank / global count
