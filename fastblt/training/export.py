@@ -22,7 +22,7 @@ import torch
 
 from .. import checkpoint
 from ..data.heldout import load_heldout
-from .objectives import LN2, masked_slot_accuracy, sequence_nll
+from .objectives import LN2, masked_slot_accuracy, sequence_nll, slot_accuracy_report
 from .train import VAL_SEED, open_split, resolve_model_dir
 
 
@@ -45,6 +45,14 @@ def evaluate_model(model, data: str | Path | None, block_size: int | None, rows:
         batch = open_split(data, "val").sample_batch(0, rows, seq_len, seed=VAL_SEED)
         for lay in ("training", "inference"):
             res[f"masked_acc_{lay}"] = masked_slot_accuracy(model, batch, block_size, lay, max_blocks=max_blocks)
+        # one-step drafts (every slot masked), split by start kind and latent; inference == training layout
+        rep = slot_accuracy_report(model, batch, block_size, n_blocks=16)
+        for kind, by_start in rep.items():
+            for where, r in by_start.items():
+                res[f"slot1_acc_{kind}_{where}"] = r["training"][0]
+                res[f"slot_mean_acc_{kind}_{where}"] = sum(r["training"]) / block_size
+                res[f"slot1_greedy_{kind}_{where}"] = r["greedy"][0]
+                res[f"layout_gap_{kind}_{where}"] = max(abs(x - y) for x, y in zip(r["training"], r["inference"]))
     return res
 
 
@@ -66,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                               "steps": result.get("step"), "batch_size": rc.get("batch_size"),
                               "seq_len": rc.get("seq_len"), "lr": rc.get("lr"), "val_bpb": result.get("val_bpb"),
                               "wall_s": result.get("wall_s"), "bytes_per_s": result.get("bytes_per_s"),
-                              "stop_reason": result.get("stop_reason"), **figures}}
+                              "stop_reason": result.get("stop_reason"),
+                              **{k: rc.get(k) for k in ("blocks", "block_stride", "fused_frac", "mask_norm", "distill",
+                                                        "init_from") if rc.get("objective") == "bltd"},
+                              **figures}}
         # write next to the target, check the size, then swap folders: a failed export keeps the old model
         out = Path(a.out)
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
