@@ -21,8 +21,14 @@ from fastblt.generation.state import BLTState
 from fastblt.model.diffusion import aligned_blocks, block_logits_inference, block_targets, forward_training_layout
 from fastblt.patching import patches as P
 from fastblt.training import train as T
-from fastblt.training.objectives import (BLTDLoss, bltd_layout, bltd_loss, mask_denominator_of, row_generator,
-                                         slot_accuracy_report)
+from fastblt.training.objectives import (
+    BLTDLoss,
+    bltd_layout,
+    bltd_loss,
+    mask_denominator_of,
+    row_generator,
+    slot_accuracy_report,
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +158,67 @@ def test_warm_start_copies_weights_and_refuses_mismatches(tmp_path):
     with pytest.raises(ValueError, match="another shape"):
         T.build_model(_args(tmp_path / "run", objective="bltd", block_size=4, init_from=tmp_path / "blt",
                             preset="small"))
+
+
+def test_self_data_rows_are_greedy_continuations_and_train(tmp_path):
+    import numpy as np
+
+    import fastblt
+    from fastblt.training import self_data
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = [b"def add(a, b):\n    return a + b\n" * 3, b"the cat sat on the mat. " * 4]
+    for split in ("train", "val"):
+        (corpus / f"{split}.bin").write_bytes(b"".join(docs))
+        np.save(corpus / f"{split}.idx.npy", np.cumsum([0] + [len(d) for d in docs]).astype(np.int64))
+    model = tiny_model(diffusion_block_size=4, seed=2)
+    checkpoint.save(model, tmp_path / "m")
+    assert self_data.main(["--model", str(tmp_path / "m"), "--out", str(tmp_path / "self"), "--data", str(corpus),
+                           "--prompt-bytes", "16", "--new-bytes", "31", "--max-rows", "3", "--chunk", "2"]) == 0
+    rows, prompt_len = self_data.load_self_rows(tmp_path / "self", 47)
+    assert rows.shape == (3, 48) and prompt_len == 17
+    for r in rows:
+        prompt = bytes(int(i) - 4 for i in r[1:prompt_len])
+        assert any(prompt in d for d in docs)
+        want = fastblt.generate(fastblt.load(tmp_path / "m"), prompt, max_new_bytes=31, ignore_eos=True).bytes
+        assert bytes(int(i) - 4 for i in r[prompt_len:]) == want
+    with pytest.raises(ValueError, match="--seq-len 63 needs 64"):
+        self_data.load_self_rows(tmp_path / "self", 63)
+    # a training run mixes them in; the generated part is not scored by L_clean
+    args = _args(tmp_path / "run", objective="bltd", block_size=4, init_from=tmp_path / "m", data=corpus,
+                 self_data=tmp_path / "self", self_rows=1, batch_size=2, seq_len=47, steps=2, eval_every=0,
+                 save_every=0, threads=1)
+    args.no_progress = args.no_plot = True
+    assert T.run(args) == 0
+    with pytest.raises(ValueError, match="--self-rows"):
+        bad = _args(tmp_path / "run2", objective="bltd", block_size=4, init_from=tmp_path / "m", data=corpus,
+                    self_data=tmp_path / "self", self_rows=0)
+        T.run(bad)
+
+
+def test_resume_refuses_other_alignment_flags(tmp_path):
+    import numpy as np
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    doc = b"x = 1\nprint(x)\n" * 20
+    for split in ("train", "val"):
+        (corpus / f"{split}.bin").write_bytes(doc)
+        np.save(corpus / f"{split}.idx.npy", np.array([0, len(doc)], dtype=np.int64))
+    checkpoint.save(tiny_model(seed=1), tmp_path / "blt")
+    base = dict(objective="bltd", block_size=4, init_from=tmp_path / "blt", data=corpus, batch_size=2, seq_len=32,
+                steps=4, stop_after_steps=2, eval_every=0, save_every=2, threads=1)
+
+    def run(**kw):
+        a = _args(tmp_path / "run", **{**base, **kw})
+        a.no_progress = a.no_plot = True
+        return T.run(a)
+
+    assert run() == 0
+    for flag, value in (("distill", 0.5), ("blocks", "patch"), ("mask_norm", "mean"), ("fused_frac", 0.2)):
+        with pytest.raises(ValueError, match="differs"):
+            a = _args(tmp_path / "run", **{**base, flag: value})
+            a.no_progress = a.no_plot = True
+            a.resume = True
+            T.run(a)

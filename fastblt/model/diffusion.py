@@ -40,7 +40,6 @@ from ..config import BLOCK_PAD_ID, MASK_ID
 from ..patching import patches as P
 from .layers import causal_window_mask
 
-
 LATENT_KINDS = ("provisional", "fused")
 
 

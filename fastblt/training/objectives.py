@@ -41,8 +41,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import BLOCK_PAD_ID, EOS_ID, MASK_ID, byte_ids
-from ..model.diffusion import (LATENT_KINDS, BlockLayout, aligned_blocks, block_logits_inference, block_targets,
-                               corrupt, forward_training_layout, training_blocks)
+from ..model.diffusion import (
+    BlockLayout,
+    aligned_blocks,
+    block_logits_inference,
+    block_targets,
+    corrupt,
+    forward_training_layout,
+    training_blocks,
+)
 
 LN2 = math.log(2.0)
 
@@ -87,8 +94,11 @@ def corrupt_rows(targets: torch.Tensor, t: torch.Tensor, seed: int, step: int, r
     return out.to(dev)
 
 
-def next_byte_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-byte CE in nats. logits [b, N, 260], targets [b, N] → scalar."""
+def next_byte_ce(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-byte CE in nats. logits [b, N, 260], targets [b, N] → scalar; ``scored`` [b, N]
+    bool limits the mean to those positions (None: all)."""
+    if scored is not None:
+        return F.cross_entropy(logits[scored].float(), targets[scored])
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 
@@ -191,11 +201,14 @@ def mask_denominator_of(model: nn.Module, row: torch.Tensor, cfg: BLTDLoss, seed
 
 
 def bltd_loss(model: nn.Module, row: torch.Tensor, cfg: BLTDLoss, seed: int, step: int, rows: list[int],
-              mask_denominator: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              mask_denominator: torch.Tensor | None = None,
+              clean_scored: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BLT-D loss L_clean + L_mask on row [b, N + 1] (Fast BLT §3.2), one decoder pass.
 
     rows: global row indices (noise is drawn per (seed, step, row)); mask_denominator: the global
-    denominator (:func:`mask_denominator_of` summed over ranks) or None for this batch's.
+    denominator (:func:`mask_denominator_of` summed over ranks) or None for this batch's;
+    clean_scored: bool [b, N], the positions L_clean scores (None: all; self-distillation rows do
+    not score their generated part, see :mod:`fastblt.training.self_data`).
     """
     ids = row[:, :-1]
     with torch.no_grad():
@@ -205,7 +218,7 @@ def bltd_loss(model: nn.Module, row: torch.Tensor, cfg: BLTDLoss, seed: int, ste
     t = sample_t(seed, step, rows).to(row.device)
     slots = corrupt_rows(targets, t, seed, step, rows)
     clean_logits, slot_logits = forward_training_layout(model, ids, starts, slots, layout)  # [b,N,V], [b,Q·B,V]
-    l_clean = next_byte_ce(clean_logits, row[:, 1:])
+    l_clean = next_byte_ce(clean_logits, row[:, 1:], clean_scored)
     soft = None
     if cfg.distill > 0.0:  # the clean row that predicts the same byte as each slot: position − 1
         src = (layout.slot_positions - 1).clamp(0, ids.shape[1] - 1)
@@ -236,13 +249,13 @@ class Objective(nn.Module):
         self.block_size = bltd.block_size if bltd is not None else block_size
 
     def forward(self, row: torch.Tensor, step: int = 0, rows: list[int] | None = None,
-                mask_denominator: torch.Tensor | None = None):
+                mask_denominator: torch.Tensor | None = None, clean_scored: torch.Tensor | None = None):
         if self.kind == "entropy":
             return entropy_loss(self.model, row)
         if self.kind == "blt":
             return blt_loss(self.model, row)
         rows = list(range(row.shape[0])) if rows is None else rows
-        return bltd_loss(self.model, row, self.bltd, self.seed, step, rows, mask_denominator)
+        return bltd_loss(self.model, row, self.bltd, self.seed, step, rows, mask_denominator, clean_scored)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", type=float, default=0.0,
                    help="bltd: weight λ of the model's own next-byte distribution in the slot targets "
                         "(self-distillation; default 0)")
+    p.add_argument("--self-data", default=None,
+                   help="bltd: folder of the model's own greedy continuations (python -m "
+                        "fastblt.training.self_data); --self-rows rows of every batch come from it")
+    p.add_argument("--self-rows", type=int, default=0,
+                   help="bltd: rows per batch from --self-data (their generated part is not scored by L_clean)")
     p.add_argument("--init-from", default=None,
                    help="warm start from a trained BLT/BLT-D model folder of the same shape (its entropy "
                         "model and patching come along)")
@@ -237,7 +243,7 @@ def _run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 _MUST_MATCH = ("objective", "preset", "block_size", "steps", "batch_size", "seq_len", "seed", "lr", "warmup",
                "entropy_model", "data", "weight_decay", "grad_clip", "blocks", "block_stride", "fused_frac",
-               "mask_norm", "distill", "init_from")
+               "mask_norm", "distill", "init_from", "self_data", "self_rows")
 
 
 def bltd_loss_config(args: argparse.Namespace) -> BLTDLoss:
@@ -329,6 +335,9 @@ def run(args: argparse.Namespace) -> int:
                          "--weight-decay, --warmup ≥ 0")
     if args.objective == "bltd":
         bltd_loss_config(args)  # raises ValueError for bad --blocks/--block-stride/--fused-frac/--distill
+    if (args.self_rows or args.self_data) and not (args.objective == "bltd" and args.self_data
+                                                   and 0 < args.self_rows <= args.batch_size):
+        raise ValueError("--self-data DIR and --self-rows K (1 ≤ K ≤ --batch-size) go together, for bltd only")
     if args.init_from is not None and args.objective == "entropy":
         raise ValueError("--init-from is for the blt and bltd objectives")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -393,6 +402,23 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
+    self_rows = self_prompt = None
+    if args.self_data:
+        from .self_data import load_self_rows
+        self_rows, self_prompt = load_self_rows(args.self_data, args.seq_len)
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global batch [b, N + 1] and, with self-data, the L_clean positions it scores [b, N]."""
+        row = train_ds.sample_batch(step, args.batch_size, args.seq_len, seed=args.seed)
+        if self_rows is None:
+            return row, None
+        rng = np.random.default_rng([args.seed, step, 7])
+        pick = torch.from_numpy(rng.integers(len(self_rows), size=args.self_rows))
+        row[: args.self_rows] = self_rows[pick]
+        scored = torch.ones(args.batch_size, args.seq_len, dtype=torch.bool)
+        scored[: args.self_rows, self_prompt - 1:] = False  # targets at positions ≥ prompt_len are generated
+        return row, scored
+
     per_rank = args.batch_size // world
     row_ids = list(range(rank * per_rank, (rank + 1) * per_rank))
     bytes_per_step = args.batch_size * args.seq_len
@@ -439,8 +465,9 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                 lr = S.lr_at(step, args.lr, warmup, args.steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                row = train_ds.sample_batch(step, args.batch_size, args.seq_len, seed=args.seed)[row_ids[0]: row_ids[-1] + 1]
-                row = row.to(device)
+                row, scored = batch_at(step)
+                row = row[row_ids[0]: row_ids[-1] + 1].to(device)
+                scored = scored[row_ids[0]: row_ids[-1] + 1].to(device) if scored is not None else None
                 denom = None
                 if args.objective == "bltd":
                     denom = mask_denominator_of(model, row, objective.bltd, args.seed, step, row_ids).to(device)
@@ -448,7 +475,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                         dist.all_reduce(denom)
                     denom = denom.clamp(min=1).float() / world  # DDP averages: world · Σ_rank / global count
                 with autocast:
-                    loss, stats = net(row, step, row_ids, denom)
+                    loss, stats = net(row, step, row_ids, denom, scored)
                 if args.debug_nan_at_step is not None and step == args.debug_nan_at_step:
                     loss = loss * float("nan")
                 vals = torch.stack([loss.detach().float(), stats["ce"].float()])
