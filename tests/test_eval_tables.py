@@ -253,3 +253,52 @@ def test_default_sweep_has_the_papers_rows():
     with pytest.raises(ValueError, match="schedule"):
         bench.default_specs(8, schedule="nope")
     assert math.isclose(bench.paper_bytes_per_global_call("translation_fr")["3B"], 512 / 308)
+
+
+# ----------------------------------------------------------------------------- likelihood and diversity
+
+
+def test_likelihood_table(model_dir, tmp_path):
+    from fastblt.evaluation import likelihood as L
+    from fastblt.training.objectives import sequence_nll
+
+    blt_dir = tmp_path / "blt"
+    fastblt.save(tiny_model(), blt_dir)
+    out = tmp_path / "o"
+    assert main(["bench", "--likelihood", "--likelihood-models", f"{model_dir},{blt_dir}", "--limit", "1",
+                 "--diffusion-draws", "1", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "likelihood.json").read_text())
+    bltd, blt = doc["results"][model_dir.name], doc["results"]["blt"]
+    assert bltd["objective"] == "BLT-D, B = 4" and blt["objective"] == "BLT (next byte)"
+    assert set(bltd["diffusion"]) == set(bltd["ar"]) == {"code", "prose"} and "diffusion" not in blt
+    assert bltd["records"] == {"code": 1, "prose": 1}
+    text = L._texts("code", 1)[0]
+    nats, n = sequence_nll(fastblt.load(blt_dir), text)
+    assert n == len(text) and blt["ar"]["code"] == pytest.approx(nats / math.log(2) / n)
+    assert 0 < bltd["diffusion"]["code"] < 20
+    md = (out / "likelihood.md").read_text()
+    assert "| model | objective | code bpb (AR) | prose bpb (AR) | code bpb (diffusion bound) |" in md
+    assert "Tables 1–2" in md
+    with pytest.raises(ValueError, match="draws"):
+        L.diffusion_bpb(fastblt.load(model_dir), [text], 4, draws=0)
+
+
+def test_diversity_table_and_plot(model_dir, tmp_path, capsys):
+    from fastblt.evaluation import diversity as D
+
+    assert D.type_token_ratio("a b a\nb c") == pytest.approx(3 / 5) and D.type_token_ratio("  ") == 0.0
+    assert main(["bench", "--diversity", "--model", str(model_dir), "--diversity-samples", "1",
+                 "--diversity-bytes", "12", "--out", str(tmp_path), "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "diversity.json").read_text())
+    rows = doc["results"]
+    assert list(rows)[0] == "BLT (reference)" and rows["BLT (reference)"]["decoder_nfe"] == 12
+    assert {f"BLT-D-4 conf α={a}" for a in D.ALPHAS} | {f"BLT-D-4 EB γ={g}" for g in D.GAMMAS} <= set(rows)
+    for r in rows.values():
+        assert 0 <= r["ttr"] <= 1 and r["decoder_nfe"] >= 1 and r["samples"] == 1
+    assert doc["temperature"] == 1.0 and doc["top_p"] == 0.9
+    assert "| setting | decoder NFE | E+G NFE | TTR (mean ± std) |" in (tmp_path / "diversity.md").read_text()
+    assert (tmp_path / "diversity.png").stat().st_size > 1000
+    blt_dir = tmp_path / "blt"
+    fastblt.save(tiny_model(), blt_dir)
+    assert main(["bench", "--diversity", "--model", str(blt_dir), "--out", str(tmp_path), "--no-progress"]) == 1
+    assert "needs a BLT-D model" in capsys.readouterr().err

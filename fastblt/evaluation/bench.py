@@ -1,8 +1,8 @@
 """``fastblt bench``: task quality next to NFEs, estimated bandwidth and wall-clock (arXiv 2605.08044 §4, Tables 3–10).
 
 For every method and setting (BLT; BLT-S k ∈ {4, 8, 16}; BLT-D with α ∈ {0.5, 0.7} and
-γ ∈ {0.8, 1.0}; BLT-DV one-step, α = 0.3 and γ ∈ {1.5, 2.0}) and every task (HumanEval, FR→EN,
-DE→EN, held-out code and prose continuation), it writes:
+γ ∈ {0.8, 1.0}; BLT-DV one-step, α = 0.3 and γ ∈ {1.5, 2.0}) and every task (HumanEval, MBPP
+(:mod:`.mbpp`), FR→EN, DE→EN, held-out code and prose continuation), it writes:
 - ``results.json``: scores, mean decoder NFE, encoder+global (E+G) NFE in two countings, acceptance,
   bandwidth estimates (eq. 8, priced with this model's counts and with the paper's 3B counts, in both
   countings), bandwidth decrease vs. BLT in %, bytes per E+G call, bytes/s, wall seconds, the
@@ -10,6 +10,9 @@ DE→EN, held-out code and prose continuation), it writes:
 - ``results.md``: one table per task in the paper's layout, with a note on the baseline under each;
 - ``pareto.png``: quality vs. estimated bandwidth and quality vs. wall-clock, per task.
 Cached BLT is also timed next to transformers' ``BltForCausalLM.generate`` on the same weights.
+Finished samples go to ``results.partial.jsonl`` as they finish, so an interrupted run resumes.
+``--likelihood`` (Tables 1–2, :mod:`.likelihood`) and ``--diversity`` (Fig. 8, :mod:`.diversity`)
+run those studies instead of the generation tasks.
 
 Two countings of E+G calls (both real, never unlabelled):
 - *as run*: the calls this implementation made. BLT-S / BLT-DV default to the fused schedule, at
@@ -406,6 +409,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)} (mbpp needs "
                    "its data: python -m fastblt.evaluation.mbpp fetch)")
     p.add_argument("--methods", default=None, help="comma-separated labels to keep from the sweep (default: all)")
+    p.add_argument("--exclude-methods", default=None, metavar="LABELS",
+                   help="comma-separated labels to drop from the sweep, e.g. 'BLT uncached'")
     p.add_argument("--quick", action="store_true", help="one setting per method family")
     p.add_argument("--schedule", choices=SCHEDULES, default="fused",
                    help="BLT-S / BLT-DV rows: fused (as generate runs them), paper (2 E+G calls per iteration, rows "
@@ -427,6 +432,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"interrupted run leaves {PARTIAL} there and the same command resumes it")
     p.add_argument("--fresh", action="store_true", help=f"discard a {PARTIAL} in --out instead of resuming it")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("likelihood tables (paper Tables 1–2; instead of the generation tasks)")
+    g.add_argument("--likelihood", action="store_true",
+                   help="held-out code/prose bits per byte of each model: AR, and the diffusion bound for BLT-D "
+                   "models; writes likelihood.json/.md (--limit: records per split)")
+    g.add_argument("--likelihood-models", default=None, metavar="DIRS",
+                   help="comma-separated model folders (default: the shipped models, fastblt/assets/*_model)")
+    g.add_argument("--diffusion-draws", type=int, default=4, help="mask rates t per text for the diffusion bound (default 4)")
+    g = p.add_argument_group("diversity vs cost (paper Fig. 8; instead of the generation tasks)")
+    g.add_argument("--diversity", action="store_true",
+                   help="unconditional BLT-D samples over an α/γ sweep and BLT at the same temperature: type-token "
+                   "ratio vs decoder NFEs; writes diversity.json/.md/.png")
+    g.add_argument("--diversity-samples", type=int, default=4, help="samples per setting (default 4)")
+    g.add_argument("--diversity-bytes", type=int, default=1024, help="bytes per sample (default 1024, the paper's 1k)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the study (default 1.0)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus top-p of the study (default 0.9; 1 = off)")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only rewrite results.md and pareto.png next to an existing results.json")
 
@@ -551,11 +571,75 @@ def _render(path: Path) -> int:
     return 0
 
 
+def run_likelihood(args: argparse.Namespace, out: Path) -> None:
+    """``--likelihood``: likelihood.json and likelihood.md (see :mod:`.likelihood`)."""
+    from . import likelihood as L
+
+    if args.likelihood_models:
+        dirs = [d.strip() for d in args.likelihood_models.split(",") if d.strip()]
+    else:
+        dirs = [str(d) for d in sorted(DEFAULT_MODEL.parent.glob("*_model")) if (d / "config.json").exists()]
+    if not dirs:
+        raise ValueError("--likelihood: no model folders given or shipped")
+    rows: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        model = load(d, device=args.device)
+        b = model.cfg.diffusion_block_size
+        t0 = time.perf_counter()
+        r = L.evaluate(model, limit=args.limit, draws=args.diffusion_draws, seed=args.seed)
+        r.update(objective=f"BLT-D, B = {b}" if b else "BLT (next byte)", model_sha256=model_fingerprint(d),
+                 seconds=time.perf_counter() - t0)
+        name = Path(d).name
+        rows[name if name not in rows else d] = r
+        print(f"likelihood {name}: {r['objective']}: AR {r['ar']}, diffusion {r.get('diffusion', '–')}", flush=True)
+    doc = {"models": dirs, "limit": args.limit, "diffusion_draws": args.diffusion_draws, "seed": args.seed,
+           "device": args.device, "versions": _versions(), "results": rows}
+    (out / "likelihood.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    (out / "likelihood.md").write_text(L.markdown(rows) + "\n" + L.NOTE + "\n")
+    print(f"wrote {out / 'likelihood.json'}, {out / 'likelihood.md'}")
+
+
+def run_diversity(args: argparse.Namespace, out: Path) -> None:
+    """``--diversity``: diversity.json, diversity.md and diversity.png (see :mod:`.diversity`)."""
+    from . import diversity as D
+
+    model = load(args.model, device=args.device)
+    top_p = None if args.top_p is None or args.top_p >= 1 else args.top_p
+    n = len(D.settings(model.cfg.diffusion_block_size or 0)) * args.diversity_samples
+    with tqdm(total=n, disable=args.no_progress, unit="sample", desc="diversity") as bar:
+        rows = D.run(model, args.diversity_samples, args.diversity_bytes, args.temperature, top_p, args.seed,
+                     progress=lambda label: (bar.set_description(label), bar.update(1)))
+    header = (f"Model `{args.model}`, unconditional {args.diversity_bytes}-byte samples from BOS, temperature "
+              f"{args.temperature}, top-p {top_p or 'off'}, {args.diversity_samples} samples per setting (seeds "
+              f"{args.seed}..{args.seed + args.diversity_samples - 1}), EOS never generated.")
+    doc = {"model": args.model, "model_sha256": model_fingerprint(args.model), "n_bytes": args.diversity_bytes,
+           "temperature": args.temperature, "top_p": top_p, "samples": args.diversity_samples, "seed": args.seed,
+           "device": args.device, "versions": _versions(), "results": rows}
+    (out / "diversity.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    (out / "diversity.md").write_text(D.markdown(rows, header))
+    D.plot(rows, out / "diversity.png", f"TTR vs decoder NFEs, T = {args.temperature}, top-p {top_p or 'off'}")
+    for label, r in rows.items():
+        print(f"{label:<24} dec NFE {r['decoder_nfe']:7.1f}  TTR {r['ttr']:.3f}", flush=True)
+    print(f"wrote {out / 'diversity.json'}, {out / 'diversity.md'}, {out / 'diversity.png'}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.render:
         return _render(Path(args.render))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
+    if args.likelihood or args.diversity:
+        if isinstance(args.limit, bool) or args.limit < 0:
+            raise ValueError(f"--limit must be an integer >= 0 (0: all), got {args.limit!r}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        if args.likelihood:
+            run_likelihood(args, out)
+        if args.diversity:
+            run_diversity(args, out)
+        return 0
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if bad:
@@ -583,6 +667,12 @@ def run(args: argparse.Namespace) -> int:
         specs = [s for s in specs if s.label in keep]
         if not specs:
             raise ValueError(f"--methods matched nothing; labels are e.g. {[s.label for s in default_specs(8)]}")
+    if args.exclude_methods:
+        drop = {m.strip() for m in args.exclude_methods.split(",")}
+        unknown = drop - {s.label for s in specs}
+        if unknown:
+            raise ValueError(f"--exclude-methods: no rows labelled {sorted(unknown)}; labels: {[s.label for s in specs]}")
+        specs = [s for s in specs if s.label not in drop]
     max_new = settings.get("max_new_bytes", args.max_new_bytes)
     lengths = {t: max_new or default_length(t) for t in tasks}
     fixed = not settings.get("stop_aware", args.stop_aware)
