@@ -177,10 +177,11 @@ def test_mbpp_never_reaches_the_training_corpus():
 
 
 def test_limit_zero_and_limit_larger_than_the_task(model_dir, tmp_path, capsys):
-    assert _bench(model_dir, tmp_path, "--tasks", "prose", "--methods", "BLT", "--max-new-bytes", "2",
+    # (a BLT-S row: the BLT row would also score bits per byte, which takes longer)
+    assert _bench(model_dir, tmp_path, "--tasks", "prose", "--methods", "BLT-S k=4", "--max-new-bytes", "2",
                   "--limit", "51") == 0
     assert "more than the 50 samples of task prose: running all 50" in capsys.readouterr().err
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["prose"]["BLT"]["n"] == 50
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["prose"]["BLT-S k=4"]["n"] == 50
     assert _bench(model_dir, tmp_path, "--tasks", "code", "--limit", "-1") == 1
     assert "--limit must be an integer >= 0" in capsys.readouterr().err
     assert _bench(model_dir, tmp_path, "--tasks", "code,nope") == 1
@@ -241,6 +242,9 @@ def test_partial_file_checks(tmp_path):
         bench.Partial(p, {"limit": 2})
     p.write_text("{}\n")
     with pytest.raises(ValueError, match="not a partial results file"):
+        bench.Partial(p, {"limit": 2})
+    p.write_text('{"header": {"limit": 2}}\n{"x": 1}\n')
+    with pytest.raises(ValueError, match="line 2 is not a sample or row record"):
         bench.Partial(p, {"limit": 2})
 
 

@@ -516,12 +516,16 @@ class Partial:
             shown = ", ".join(f"{k}: {_short(old.get(k))} there vs {_short(config.get(k))} now" for k in diff)
             raise ValueError(f"{self.path} holds a partial run of another configuration ({shown}); rerun with "
                              "its flags to resume it, pass --fresh to discard it, or choose another --out")
-        for r in recs[1:]:
-            key = (r["task"], r["label"])
-            if "sample" in r:
-                self.samples.setdefault(key, {})[r["sample"]["id"]] = T.SampleRecord(**r["sample"])
-            elif "row" in r:
-                self.rows[key] = r["row"]
+        for i, r in enumerate(recs[1:], start=2):
+            try:
+                key = (r["task"], r["label"])
+                if "sample" in r:
+                    self.samples.setdefault(key, {})[r["sample"]["id"]] = T.SampleRecord(**r["sample"])
+                elif "row" in r:
+                    self.rows[key] = dict(r["row"])
+            except (KeyError, TypeError):
+                raise ValueError(f"{self.path}: line {i} is not a sample or row record; remove the file or pass "
+                                 "--fresh") from None
         # rewrite without a torn tail, so that appends start on a fresh line
         self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
 
