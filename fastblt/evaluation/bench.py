@@ -216,13 +216,16 @@ def add_derived(results: dict[str, dict[str, dict[str, Any]]], prices: tuple[flo
     """Add, to every row, the four bandwidth estimates (Fast BLT eq. 8: E+G calls as run and as the
     paper counts them, priced with this model's counts ``prices`` = (P_dec, P_enc + P_glob) and with
     the paper's 3B counts), each one's decrease vs. the task's BLT row in % (Tables 3–10), bytes per
-    E+G call in both countings, and the measured speed relative to cached BLT (bytes/s ratio, same
+    E+G call in both countings (and, in the BLT row, the paper's BLT value for the task, when the
+    paper has the task: ``paper_blt_bytes_per_global_call``), and the measured speed relative to cached BLT (bytes/s ratio, same
     run). The BLT row's paper count equals its as-run count, so both decreases share one baseline.
     """
     from ..model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb
 
     pricing = {"model": prices, "3b": (PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB)}
-    for rows in results.values():
+    for task, rows in results.items():
+        if "BLT" in rows and paper_bytes_per_global_call(task):
+            rows["BLT"]["paper_blt_bytes_per_global_call"] = paper_bytes_per_global_call(task)
         for row in rows.values():
             if row.get("global_nfe_paper") is None:
                 row["global_nfe_paper"] = row.get("global_nfe")
@@ -708,9 +711,11 @@ def run(args: argparse.Namespace) -> int:
                     partial.add_sample(task, label, rec)
                 bar.update(1)
 
+            cpu0 = time.process_time()
             res = run_task(model, spec, task, items_of[task], data[task][1], lengths[task], fixed, args.seed,
                            done=partial.samples.get((task, spec.label)), on_sample=on_sample)
             row = summarise(res)
+            row["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time for the row (resumed: the rest)
             partial.add_row(task, spec.label, row)
             results[task][spec.label] = row
             bar.write(f"{task:<15} {spec.label:<26} {res.scores}  dec {_fmt(row['decoder_nfe'])}  "
