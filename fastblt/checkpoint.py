@@ -150,6 +150,7 @@ def config_to_hf(cfg: BLTConfig) -> dict[str, Any]:
         "patching_threshold": cfg.patching.threshold,
         "encoder_config": enc, "decoder_config": dec, "global_config": _stack_to_hf(cfg.global_),
         "dtype": "float32",
+        "use_cache": False,  # transformers' BLT cache fails in its default generate()
     }
     if cfg.entropy is not None:
         d["patcher_config"] = dict(_stack_to_hf(cfg.entropy), sliding_window=cfg.entropy.window, vocab_size=VOCAB_SIZE)
@@ -172,15 +173,21 @@ def _fill(model: BLT, state: dict[str, torch.Tensor], source: Path) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> BLT:
-    """Load a model from our checkpoint folder or an HF-format BLT folder.
+def load(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
+         device: str | torch.device = "cpu") -> BLT:
+    """Load a model from our checkpoint folder, an HF-format BLT folder, the released BLT layout
+    (:mod:`fastblt.release`), or a named model ("default" = None, "blt"; :mod:`fastblt.named_models`).
 
     Returns a :class:`BLT` in eval mode with parameters of ``dtype`` on ``device``.
     Raises FileNotFoundError for a missing path or file, ValueError (naming the file) for a folder
     without a config, a config of another model type, or truncated / mismatching safetensors.
     """
-    path = Path(path)
+    from . import named_models, release
+
+    path = named_models.resolve(path)
     raw = _read_config(path)
+    if release.is_release_config(raw):
+        return release.load_release(path, raw, dtype=dtype, device=device)
     kind = raw.get("model_type") if isinstance(raw, dict) else None
     try:
         if kind == "fastblt":

@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("fastblt.generation.cli", "generate bytes with BLT, BLT-S, BLT-D or BLT-DV"),
     "bench": ("fastblt.evaluation.bench", "run the paper's tasks and efficiency metrics for every method"),
     "demo": ("fastblt.evaluation.demo", "the main job: all four systems on real prompts with the shipped model"),
+    "convert": ("fastblt.commands.convert", "convert a model between our, the transformers and the released BLT layouts"),
+    "models": ("fastblt.commands.models", "list the named models shipped with the package"),
+    "serve": ("fastblt.commands.serve", "serve a model over an OpenAI-compatible HTTP API (/v1/completions)"),
 }
 
 
