@@ -14,8 +14,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 # name -> (folder under assets/, one-line description)
 NAMED_MODELS: dict[str, tuple[str, str]] = {
-    "default": ("default_model", "the shipped default model (trained with the BLT-D objective: all four methods)"),
-    "blt": ("blt_model", "the shipped plain BLT (next-byte objective: blt, blt-uncached, blt-s)"),
+    "default": ("default_model", "the shipped default model (fastblt demo, generate, serve)"),
+    "blt": ("blt_model", "the shipped plain BLT, trained with the next-byte objective"),
 }
 
 

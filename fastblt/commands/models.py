@@ -17,7 +17,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(row))
             continue
-        kind = "missing" if not row["installed"] else (
-            f"BLT-D, B = {row['block_size']}" if row.get("block_size") else "BLT")
-        print(f"{row['name']:<8} {kind:<12} {row['description']}\n{'':<8} {row['path']}")
+        if not row["installed"]:
+            kind, methods = "missing", ""
+        elif row.get("block_size"):
+            kind, methods = f"BLT-D, B = {row['block_size']}", "blt, blt-uncached, blt-s, blt-d, blt-dv"
+        else:
+            kind, methods = "BLT", "blt, blt-uncached, blt-s"
+        print(f"{row['name']:<8} {kind:<12} {row['description']}\n{'':<21} methods: {methods}\n{'':<21} {row['path']}")
     return 0
