@@ -6,8 +6,9 @@ Endpoints:
   OpenAI), ``stream`` (server-sent events, ``data: {...}`` chunks then ``data: [DONE]``), ``seed``;
   extension fields ``method`` (blt, blt-uncached, blt-s, blt-d, blt-dv; default blt),
   ``draft_length``, ``schedule``, ``block_size``, ``unmask``, ``alpha``, ``gamma`` (refused for a
-  method that does not take them). The ``usage`` block carries the byte counts and every statistic
-  of :func:`fastblt.generate` (NFEs, acceptance, estimated bandwidth (Fast BLT eq. 8), stop_reason).
+  method that does not take them), ``ignore_eos`` (exactly max_tokens bytes, the paper's
+  accounting). The ``usage`` block carries the byte counts and every statistic of
+  :func:`fastblt.generate` (NFEs, acceptance, estimated bandwidth (Fast BLT eq. 8), stop_reason).
 - ``GET /v1/models``, ``GET /health`` (also counts served / cancelled requests).
 
 One model, one worker thread: requests queue in arrival order and never interleave generation
@@ -38,7 +39,7 @@ EXTENSION_FIELDS = ("draft_length", "schedule", "block_size", "unmask", "alpha",
 DEFAULT_ONLY = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None, "presence_penalty": 0,
                 "frequency_penalty": 0, "logit_bias": None}
 KNOWN = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "stream", "stream_options", "seed", "user",
-         "method", *EXTENSION_FIELDS, *DEFAULT_ONLY}
+         "method", "ignore_eos", *EXTENSION_FIELDS, *DEFAULT_ONLY}
 
 
 class RequestError(Exception):
@@ -116,12 +117,13 @@ def parse_request(body: Any, model: BLT, model_id: str) -> dict[str, Any]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError(f"seed must be an integer, got {seed!r}", "seed")
     top_p = _number(body, "top_p", 1.0, 0, 1, lo_open=True)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError("stream must be true or false", "stream")
+    stream, ignore_eos = body.get("stream", False), body.get("ignore_eos", False)
+    for key, v in (("stream", stream), ("ignore_eos", ignore_eos)):
+        if not isinstance(v, bool):
+            raise RequestError(f"{key} must be true or false", key)
     return {"prompt": prompt, "method": method, "max_new_bytes": max_tokens,
             "temperature": float(_number(body, "temperature", 1.0, 0, 2)), "top_p": None if top_p == 1 else float(top_p),
-            "stop": [s.encode() for s in stop], "seed": seed, "stream": stream, **extra}
+            "stop": [s.encode() for s in stop], "seed": seed, "stream": stream, "ignore_eos": ignore_eos, **extra}
 
 
 class StopFilter:
