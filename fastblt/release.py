@@ -195,6 +195,11 @@ def config_from_release(args: dict[str, Any], params: dict[str, Any], where: str
               "byte states of the local-encoder width (use_local_encoder_transformer true, dim_token null)")
     a.require("dim_local_decoder", d_dec == d_enc, "dim_local_decoder = dim_local_encoder")
     a.require("dim_global", d_glob != d_dec, "dim_global != dim_local_decoder (the decoder's latent projection)")
+    # bytelatent pools once and lets every encoder layer's cross-attention update the same patch
+    # states; fastblt (like transformers) re-pools at the last layer: equal only for one cross-attn layer.
+    a.require("cross_attn_all_layers_encoder",
+              not (a.get("cross_attn_all_layers_encoder") and a.int("n_layers_local_encoder") > 1),
+              "encoder cross-attention after the last layer only (false, or a 1-layer encoder)")
     heads_e, heads_d = a.int("n_heads_local_encoder"), a.int("n_heads_local_decoder")
     a.require("cross_attn_nheads", a.get("cross_attn_nheads") in (None, heads_e) and heads_e == heads_d,
               "cross_attn_nheads = n_heads_local_encoder = n_heads_local_decoder")
@@ -271,6 +276,9 @@ def config_to_release(cfg: BLTConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError("the release entropy model always uses a sliding window; this model's has none")
     if cfg.encoder.n_kv_heads != cfg.decoder.n_kv_heads or cfg.encoder.n_heads != cfg.decoder.n_heads:
         raise ValueError("the release layout has one (kv) head count for the local encoder and decoder")
+    if cfg.encoder_cross_attn_all_layers and cfg.encoder.n_layers > 1:
+        raise ValueError("bytelatent's encoder cross-attention in all layers accumulates across layers; this "
+                         "model's (transformers semantics) re-pools at the last layer: not expressible")
     if cfg.global_.dim == cfg.decoder.dim:
         raise ValueError("the release layout needs dim_global != dim_local_decoder")
     theta = _same([s.rope_theta for s in (cfg.encoder, cfg.global_, cfg.decoder)], "RoPE theta")

@@ -102,7 +102,8 @@ def write_release(hf, path, kw, threshold):
 
 SHAPES = [
     dict(),
-    dict(k=3, dec_layers=3, ngrams=(3, 4, 5, 6, 7, 8), hash_vocab=500, enc_all=True, enc_layers=2, multiple_of=64, mult=0.75),
+    dict(k=3, dec_layers=3, ngrams=(3, 4, 5, 6, 7, 8), hash_vocab=500, enc_layers=2, multiple_of=64, mult=0.75),
+    dict(enc_all=True),  # 1 encoder layer: all-layers cross-attention is the released semantics
     dict(k=1, d_global=48, dec_layers=1, ngrams=(5,), hash_vocab=37, dec_all=False),  # global input projection
     dict(k=4, d_global=128, window=64, kv_heads=2, n_functions=2, heads=4),  # window < sequence, GQA, 2 hash functions
 ]
@@ -237,6 +238,11 @@ def test_release_bad_inputs_name_file_and_field(tmp_path):
     (bad / "entropy_model" / "params.json").write_text((rel / "entropy_model" / "params.json").read_text())
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="downsampling_by_pooling = 'avg'"):
+        fastblt.load(bad)
+    # bytelatent's accumulating encoder cross-attention over several layers: refused, not misread
+    cfg["args"].update(downsampling_by_pooling="max", cross_attn_all_layers_encoder=True, n_layers_local_encoder=2)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="cross_attn_all_layers_encoder = True"):
         fastblt.load(bad)
 
 
