@@ -11,7 +11,7 @@
 # and code/prose ~76 s (with the uncached row) estimated from the speeds in docs/. So the defaults
 # take ~12 minutes on 2 idle cores and ~22 on one.
 #   LIMIT      samples per generation task (default 3; 0 = whole tasks, many hours on CPU)
-#   LIK_LIMIT  held-out records per split for the likelihood table (default 20 of 50; 0 = all)
+#   LIK_LIMIT  held-out records per split for the likelihood table (default 10 of 50, ~2 min; 0 = all)
 #   DIV_SAMPLES samples per diversity setting (default 4, 1024 bytes each; 9 settings)
 #   JOBS       1 or 2 parallel lanes (default 2)
 #   OUT        output root (default docs)
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=${LIMIT:-3}
-LIK_LIMIT=${LIK_LIMIT:-20}
+LIK_LIMIT=${LIK_LIMIT:-10}
 DIV_SAMPLES=${DIV_SAMPLES:-4}
 JOBS=${JOBS:-2}
 OUT=${OUT:-docs}
