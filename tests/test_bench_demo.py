@@ -52,3 +52,20 @@ def test_demo_runs_all_four_systems(model_dir, capsys):
 def test_demo_without_model_says_how_to_get_one(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "missing")]) == 1
     assert "--model" in capsys.readouterr().err
+
+
+def test_bench_humaneval_runs_code_only_on_opt_in(model_dir, tmp_path, capsys, monkeypatch):
+    """Generated code runs only with --allow-code-execution AND FASTBLT_ALLOW_CODE_EXECUTION=1."""
+    argv = ["bench", "--model", str(model_dir), "--tasks", "humaneval", "--limit", "1", "--max-new-bytes", "8",
+            "--methods", "BLT", "--compare-hf", "0", "--out", str(tmp_path), "--no-progress"]
+    monkeypatch.delenv("FASTBLT_ALLOW_CODE_EXECUTION", raising=False)
+    assert main(argv) == 0
+    assert "--allow-code-execution" in capsys.readouterr().err
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert "pass@1" not in doc["results"]["humaneval"]["BLT"]["scores"] and doc["code_executed"] is False
+    assert main(argv + ["--allow-code-execution"]) == 1  # the flag alone is not enough
+    assert "FASTBLT_ALLOW_CODE_EXECUTION=1" in capsys.readouterr().err
+    monkeypatch.setenv("FASTBLT_ALLOW_CODE_EXECUTION", "1")
+    assert main(argv + ["--allow-code-execution"]) == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["results"]["humaneval"]["BLT"]["scores"]["pass@1"] == 0.0 and doc["code_executed"] is True

