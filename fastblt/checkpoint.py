@@ -12,8 +12,12 @@ Files are written atomically (temporary name, then ``os.replace``).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import VOCAB_SIZE, BLTConfig, PatchingConfig, StackConfig
+from .config import VOCAB_SIZE, BLTConfig, ConfigError, PatchingConfig, StackConfig
 from .model.blt import BLT
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -29,20 +33,81 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model"  # 
 FORMAT_VERSION = 1
 
 
+class DiskFullError(RuntimeError):
+    """A write failed because the device holding ``folder`` is full (the previous file is kept)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        super().__init__(f"no space left on the device holding {folder}: free some space and retry "
+                         "(the previous checkpoint, if any, is kept)")
+
+
+def _file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives new files (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def disk_full(folder: Path, exc: BaseException) -> bool:
+    """Whether ``exc`` (raised while writing into ``folder``) means the device is full.
+
+    ENOSPC/EDQUOT, a message that says so (safetensors' "os error 28"), or — for torch.save's
+    opaque "enforce fail" errors — less than 1 MiB left on the device.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text:
+        return True
+    if not isinstance(exc, (OSError, RuntimeError, SafetensorError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+@contextmanager
+def writing(folder: Path, *cleanup: Path) -> Iterator[None]:
+    """Around a write into ``folder``: on failure remove ``cleanup`` paths; a full disk raises DiskFullError."""
+    try:
+        yield
+    except BaseException as e:
+        for c in cleanup:
+            if c.is_dir():
+                shutil.rmtree(c, ignore_errors=True)
+            else:
+                c.unlink(missing_ok=True)
+        if not isinstance(e, KeyboardInterrupt) and disk_full(folder, e):
+            raise DiskFullError(folder) from e
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    Raises DiskFullError (the old file kept, the temporary removed) when the device is full.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path.parent, tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save ``tensors`` as safetensors at ``path`` atomically, with the process umask's file mode.
+
+    Raises DiskFullError (the old file kept, the temporary removed) when the device is full.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with writing(path.parent, tmp):
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -53,36 +118,91 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} is missing: {path} is not a model folder")
+    if not cfg_path.is_file():
+        raise ValueError(f"{cfg_path} is not a file")
     try:
-        return json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_bytes())
+    except OSError as e:
+        raise ValueError(f"{cfg_path} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+    return raw
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     w = path / WEIGHTS_NAME
     if not w.exists():
         raise FileNotFoundError(f"{w} is missing")
+    if not w.is_file():
+        raise ValueError(f"{w} is not a file")
+    if not os.access(w, os.R_OK):
+        raise ValueError(f"{w} cannot be read: permission denied")
     try:
         return load_file(str(w))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{w} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
+def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Raise ValueError naming the file and the first tensor that holds NaN or ±inf.
+
+    One ``isfinite`` pass over the floating tensors (about a second per GB on a CPU core).
+    """
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise ValueError(f"{source}: tensor {k} holds {bad} non-finite value(s) (NaN/inf): the file is corrupt "
+                             "or training diverged (load(..., check_weights=False) skips this check)")
+
+
 # ---------------------------------------------------------------------------- HF config mapping
-def _theta(sub: dict[str, Any], default: float) -> float:
+_HF_STACK = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+             "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size", "norm_eps": "rms_norm_eps",
+             "rope_theta": "rope_theta"}
+_HF_TOP = {"cross_attn_k": "cross_attn_k", "hash_ngram_sizes": "encoder_hash_byte_group_size",
+           "hash_vocab": "encoder_hash_byte_group_vocab", "hash_functions": "encoder_hash_byte_group_nb_functions",
+           "max_seq_len": "encoder_config.max_position_embeddings"}
+_HF_SUB = {"encoder": "encoder_config", "decoder": "decoder_config", "global_": "global_config",
+           "entropy": "patcher_config", "patching": ""}
+
+
+def _hf_field(field: str) -> str:
+    """The transformers config key of one of our dotted field paths (for error messages)."""
+    head, _, rest = field.partition(".")
+    if head in _HF_SUB and rest:
+        if rest == "window":
+            return "patcher_config.sliding_window" if head == "entropy" else "local_attention_window_len"
+        if head == "patching":
+            return {"threshold": "patching_threshold"}.get(rest, rest)
+        return f"{_HF_SUB[head]}.{_HF_STACK.get(rest, rest)}"
+    return _HF_TOP.get(field, field)
+
+
+def _theta(sub: dict[str, Any], default: float) -> Any:
     rp = sub.get("rope_parameters") or {}
-    return float(rp.get("rope_theta", sub.get("rope_theta", default)))
+    return rp.get("rope_theta", sub.get("rope_theta", default)) if isinstance(rp, dict) else rp
 
 
-def _stack_from_hf(sub: dict[str, Any], window: int | None, theta: float) -> StackConfig:
-    return StackConfig(dim=sub["hidden_size"], n_layers=sub["num_hidden_layers"], n_heads=sub["num_attention_heads"],
-                       n_kv_heads=sub.get("num_key_value_heads"), ffn_dim=sub.get("intermediate_size"),
-                       rope_theta=_theta(sub, theta), norm_eps=sub.get("rms_norm_eps", 1e-5), window=window)
+def _stack_from_hf(sub: Any, window: int | None, theta: float, name: str) -> StackConfig:
+    if not isinstance(sub, dict):
+        raise ConfigError(name, sub, "must be an object")
+    try:
+        return StackConfig(dim=sub["hidden_size"], n_layers=sub["num_hidden_layers"],
+                           n_heads=sub["num_attention_heads"], n_kv_heads=sub.get("num_key_value_heads"),
+                           ffn_dim=sub.get("intermediate_size"), rope_theta=_theta(sub, theta),
+                           norm_eps=sub.get("rms_norm_eps", 1e-5), window=window)
+    except ConfigError as e:
+        raise e.under(name) from None
 
 
 def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
-    """BLTConfig from a transformers ``BltConfig`` dict (config.json). Raises ValueError if unsupported."""
+    """BLTConfig from a transformers ``BltConfig`` dict (config.json).
+
+    Raises ConfigError for a bad value (its field is our dotted path, e.g. ``encoder.norm_eps``) and
+    ValueError for what is unsupported or missing.
+    """
     try:
         window = hf.get("local_attention_window_len", 512)
         enc, dec, glob = hf["encoder_config"], hf["decoder_config"], hf["global_config"]
@@ -92,21 +212,22 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
         if mode == "entropy" and not in_forward:
             raise ValueError("entropy patching without a patcher (patch_in_forward=false) is not supported")
         if mode == "entropy":
-            patching = PatchingConfig(mode="entropy", threshold=float(hf.get("patching_threshold", 1.335442066192627)),
-                                      max_patch_length=hf.get("max_patch_length"))
+            patching = _build_patching(mode="entropy", threshold=hf.get("patching_threshold", 1.335442066192627),
+                                       max_patch_length=hf.get("max_patch_length"))
         else:  # transformers then makes every byte its own patch
-            patching = PatchingConfig(mode="static", patch_size=1, max_patch_length=hf.get("max_patch_length"))
-        entropy = (_stack_from_hf(pat, pat.get("sliding_window"), 10000.0) if in_forward else None)
+            patching = _build_patching(mode="static", patch_size=1, max_patch_length=hf.get("max_patch_length"))
+        entropy = (_stack_from_hf(pat, pat.get("sliding_window") if isinstance(pat, dict) else None, 10000.0, "entropy")
+                   if in_forward else None)
         return BLTConfig(
-            encoder=_stack_from_hf(enc, window, 500000.0),
-            global_=_stack_from_hf(glob, None, 500000.0),
-            decoder=_stack_from_hf(dec, window, 500000.0),
+            encoder=_stack_from_hf(enc, window, 500000.0, "encoder"),
+            global_=_stack_from_hf(glob, None, 500000.0, "global_"),
+            decoder=_stack_from_hf(dec, window, 500000.0, "decoder"),
             entropy=entropy,
             patching=patching,
             cross_attn_k=hf.get("cross_attn_k", 2),
             encoder_cross_attn_all_layers=enc.get("cross_attn_all_layers", False),
             decoder_cross_attn_all_layers=dec.get("cross_attn_all_layers", True),
-            hash_ngram_sizes=tuple(hf.get("encoder_hash_byte_group_size") or (3, 4, 5, 6, 7, 8)),
+            hash_ngram_sizes=hf.get("encoder_hash_byte_group_size") or (3, 4, 5, 6, 7, 8),
             hash_vocab=hf.get("encoder_hash_byte_group_vocab", 500002),
             hash_functions=hf.get("encoder_hash_byte_group_nb_functions", 1),
             double_residual=True,
@@ -114,6 +235,13 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
         )
     except KeyError as e:
         raise ValueError(f"HF BLT config lacks field {e}") from None
+
+
+def _build_patching(**kw: Any) -> PatchingConfig:
+    try:
+        return PatchingConfig(**kw)
+    except ConfigError as e:
+        raise e.under("patching") from None
 
 
 def _stack_to_hf(s: StackConfig) -> dict[str, Any]:
@@ -174,37 +302,60 @@ def _fill(model: BLT, state: dict[str, torch.Tensor], source: Path) -> None:
 
 
 def load(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
-         device: str | torch.device = "cpu") -> BLT:
+         device: str | torch.device = "cpu", check_weights: bool = True) -> BLT:
     """Load a model from our checkpoint folder, an HF-format BLT folder, the released BLT layout
     (:mod:`fastblt.release`), or a named model ("default" = None, "blt"; :mod:`fastblt.named_models`).
 
     Returns a :class:`BLT` in eval mode with parameters of ``dtype`` on ``device``.
-    Raises FileNotFoundError for a missing path or file, ValueError (naming the file) for a folder
-    without a config, a config of another model type, or truncated / mismatching safetensors.
+    Every config field is validated (type, finiteness, range) and, unless ``check_weights=False``
+    (for very large models: it costs one pass over the weights), every weight must be finite.
+    Raises FileNotFoundError for a missing path or file; ValueError naming the file (and the field
+    and value, or the tensor) for an unreadable or malformed config, a bad config value, another
+    model type, truncated / mismatching safetensors, or NaN/inf weights.
     """
     from . import named_models, release
 
     path = named_models.resolve(path)
     raw = _read_config(path)
+    cfg_path = path / CONFIG_NAME
     if release.is_release_config(raw):
-        return release.load_release(path, raw, dtype=dtype, device=device)
-    kind = raw.get("model_type") if isinstance(raw, dict) else None
+        model = release.load_release(path, raw, dtype=dtype, device=device)
+        if check_weights:
+            check_finite(model.state_dict(), path)
+        return model
+    kind = raw.get("model_type")
     try:
         if kind == "fastblt":
-            if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-                raise ValueError(f"{path / CONFIG_NAME} has format_version {raw['format_version']}; this fastblt "
+            version = raw.get("format_version", FORMAT_VERSION)
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ConfigError("format_version", version, "must be an integer")
+            if version > FORMAT_VERSION:
+                raise ValueError(f"{cfg_path} has format_version {version}; this fastblt "
                                  f"reads up to {FORMAT_VERSION}: upgrade fastblt")
-            cfg = BLTConfig.from_dict(raw["blt"])
+            if "blt" not in raw:
+                raise ConfigError("blt", None, "is missing")
+            try:
+                cfg = BLTConfig.from_dict(raw["blt"])
+            except ConfigError as e:
+                raise e.under("blt") from None
         elif kind == "blt":
-            cfg = config_from_hf(raw)
+            try:
+                cfg = config_from_hf(raw)
+            except ConfigError as e:
+                hf_name = _hf_field(e.field)
+                raise ConfigError(e.field if hf_name == e.field else f"{hf_name} (our {e.field})",
+                                  e.value, e.reason) from None
+        else:
+            raise ValueError(f"{cfg_path} describes model_type {kind!r}, not a BLT ('blt' or 'fastblt')")
+    except ConfigError as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
     except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path / CONFIG_NAME} is not a valid {kind} config: {type(e).__name__}: {e}") from None
-    if kind == "fastblt":
-        state = _read_weights(path)
-    elif kind == "blt":
-        state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in _read_weights(path).items()}
-    else:
-        raise ValueError(f"{path / CONFIG_NAME} describes model_type {kind!r}, not a BLT ('blt' or 'fastblt')")
+        raise ValueError(f"{cfg_path} is not a valid {kind} config: {type(e).__name__}: {e}") from None
+    state = _read_weights(path)
+    if kind == "blt":
+        state = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state.items()}
+    if check_weights:
+        check_finite(state, path / WEIGHTS_NAME)
     model = BLT(cfg)
     _fill(model, state, path)
     return model.to(device=device, dtype=dtype).eval()

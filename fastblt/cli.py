@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Nested groups ("data build") use a space in the name.
@@ -48,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. Returns the exit status: 0, 1 (a user-facing error, no traceback), 2
+    (usage), 130 (Ctrl-C, also while starting up) or 141 (the reader of stdout went away, e.g. ``| head``)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("fastblt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # as a program killed by SIGPIPE would: no traceback, and no second error when Python flushes stdout
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
@@ -58,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except KeyboardInterrupt:
-        print("fastblt: interrupted", file=sys.stderr)
-        return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # user-facing errors: no traceback
         print(f"fastblt: error: {e}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +33,93 @@ def ffn_dim_for(dim: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(int(8 * dim / 3) / multiple_of)
 
 
+# ---------------------------------------------------------------------------- validation
+class ConfigError(ValueError):
+    """A bad config value: ``field`` (dotted path, e.g. ``encoder.n_kv_heads``), ``value`` and ``reason``.
+
+    ``str(e)`` is ``"<field> = <value>: <reason>"``; loaders prefix the file name.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str):
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(f"{field} = {value!r}: {reason}")
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with ``prefix.`` in front of its field path (unchanged for an empty prefix)."""
+        return ConfigError(_join(prefix, self.field), self.value, self.reason) if prefix else self
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def as_int(value: Any, name: str, lo: int | None = None, optional: bool = False) -> int | None:
+    """``value`` as a Python int (numpy integers accepted; bools, floats and strings refused), >= ``lo``.
+
+    Raises ConfigError naming ``name`` and the value.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, value, f"must be an integer{' or null' if optional else ''}")
+    if lo is not None and value < lo:
+        raise ConfigError(name, value, f"must be >= {lo}")
+    return int(value)
+
+
+def as_real(value: Any, name: str, gt: float | None = None, optional: bool = False) -> float | None:
+    """``value`` as a finite Python float (ints and numpy scalars accepted; bools, strings refused), > ``gt``.
+
+    Raises ConfigError naming ``name`` and the value.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(name, value, "must be a number")
+    if not math.isfinite(value):
+        raise ConfigError(name, value, "must be finite")
+    if gt is not None and not value > gt:
+        raise ConfigError(name, value, f"must be > {gt}")
+    return float(value)
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "must be true or false")
+    return value
+
+
+def _as_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(name, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def _build(cls: type, d: Any, name: str) -> Any:
+    """``cls(**d)`` for a JSON object ``d``, with unknown / missing fields and bad values named under ``name``."""
+    if not isinstance(d, dict):
+        raise ConfigError(name or cls.__name__, d, "must be an object")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known, key=str)
+    if unknown:
+        raise ConfigError(_join(name, str(unknown[0])), d[unknown[0]], f"unknown field of {cls.__name__}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ConfigError(_join(name, missing[0]), None, "is missing")
+    try:
+        return cls(**d)
+    except ConfigError as e:
+        raise e.under(name) from None
+
+
 @dataclass
 class StackConfig:
     """Shape of one transformer stack (pre-norm Llama blocks: RMSNorm, RoPE, SwiGLU, no biases).
 
     ``window``: sliding-window causal attention length in positions (None = full causal).
+    Every field is validated (type, finiteness, range); a bad one raises :class:`ConfigError`.
     """
 
     dim: int
@@ -49,16 +132,22 @@ class StackConfig:
     window: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("dim", "n_layers", "n_heads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.dim = as_int(self.dim, "dim", 1)
+        self.n_layers = as_int(self.n_layers, "n_layers", 1)
+        self.n_heads = as_int(self.n_heads, "n_heads", 1)
+        self.n_kv_heads = as_int(self.n_kv_heads, "n_kv_heads", 1, optional=True)
+        self.ffn_dim = as_int(self.ffn_dim, "ffn_dim", 1, optional=True)
+        self.rope_theta = as_real(self.rope_theta, "rope_theta", gt=0.0)
+        self.norm_eps = as_real(self.norm_eps, "norm_eps", gt=0.0)
+        self.window = as_int(self.window, "window", 1, optional=True)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.ffn_dim is None:
             self.ffn_dim = ffn_dim_for(self.dim)
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim {self.dim} / heads {self.n_heads} / kv heads {self.n_kv_heads} do not divide")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ConfigError("n_heads", self.n_heads, f"must divide dim {self.dim} into heads of even size (RoPE pairs)")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError("n_kv_heads", self.n_kv_heads, f"must divide n_heads {self.n_heads}")
 
     @property
     def head_dim(self) -> int:
@@ -72,6 +161,7 @@ class PatchingConfig:
     mode: "entropy" (entropy model), "static" (fixed ``patch_size``), "space" (after space-like bytes).
     rule: for entropy mode, "global" (H_t > threshold) or "monotonic" (H_t − H_{t−1} > monotonic_threshold).
     max_patch_length: split patches longer than this (bytes); None = no limit.
+    Every field is validated; a bad one raises :class:`ConfigError`.
     """
 
     mode: str = "entropy"
@@ -82,16 +172,12 @@ class PatchingConfig:
     patch_size: int = 4
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.threshold) and math.isfinite(self.monotonic_threshold)):
-            raise ValueError(f"patching thresholds must be finite, got {self.threshold!r} / {self.monotonic_threshold!r}")
-        if self.mode not in ("entropy", "static", "space"):
-            raise ValueError(f"patching mode must be entropy, static or space, not {self.mode!r}")
-        if self.rule not in ("global", "monotonic"):
-            raise ValueError(f"patching rule must be global or monotonic, not {self.rule!r}")
-        if self.max_patch_length is not None and self.max_patch_length < 1:
-            raise ValueError("max_patch_length must be >= 1 or None")
-        if self.patch_size < 1:
-            raise ValueError("patch_size must be >= 1")
+        self.mode = _as_choice(self.mode, "mode", ("entropy", "static", "space"))
+        self.threshold = as_real(self.threshold, "threshold")
+        self.rule = _as_choice(self.rule, "rule", ("global", "monotonic"))
+        self.monotonic_threshold = as_real(self.monotonic_threshold, "monotonic_threshold")
+        self.max_patch_length = as_int(self.max_patch_length, "max_patch_length", 1, optional=True)
+        self.patch_size = as_int(self.patch_size, "patch_size", 1)
 
 
 @dataclass
@@ -102,6 +188,8 @@ class BLTConfig:
     ``False`` gives the clean single residual (h = h + attn) for from-scratch models.
     ``diffusion_block_size``: B of a BLT-D model (None for a plain BLT); it adds the MASK and
     BLOCK_PAD input rows to the encoder byte table.
+    Every field is validated (type, finiteness, range); a bad one raises :class:`ConfigError`
+    naming its dotted path (e.g. ``encoder.norm_eps``).
     """
 
     encoder: StackConfig
@@ -120,15 +208,28 @@ class BLTConfig:
     diffusion_block_size: int | None = None
 
     def __post_init__(self) -> None:
-        self.hash_ngram_sizes = tuple(int(n) for n in self.hash_ngram_sizes)
+        for name in ("encoder", "global_", "decoder", "entropy"):
+            v = getattr(self, name)
+            if not (isinstance(v, StackConfig) or (v is None and name == "entropy")):
+                raise ConfigError(name, v, "must be a StackConfig" + (" or null" if name == "entropy" else ""))
+        if not isinstance(self.patching, PatchingConfig):
+            raise ConfigError("patching", self.patching, "must be a PatchingConfig")
+        self.cross_attn_k = as_int(self.cross_attn_k, "cross_attn_k", 1)
+        for name in ("encoder_cross_attn_all_layers", "decoder_cross_attn_all_layers", "double_residual"):
+            setattr(self, name, _as_bool(getattr(self, name), name))
+        sizes = self.hash_ngram_sizes
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, (list, tuple)) or not sizes:
+            raise ConfigError("hash_ngram_sizes", sizes, "must be a non-empty list of integers >= 1")
+        self.hash_ngram_sizes = tuple(as_int(n, f"hash_ngram_sizes[{i}]", 1) for i, n in enumerate(sizes))
+        self.hash_vocab = as_int(self.hash_vocab, "hash_vocab", 1)
+        self.hash_functions = as_int(self.hash_functions, "hash_functions", 1)
+        self.max_seq_len = as_int(self.max_seq_len, "max_seq_len", 1)
+        self.diffusion_block_size = as_int(self.diffusion_block_size, "diffusion_block_size", 1, optional=True)
         if self.encoder.dim != self.decoder.dim:
-            raise ValueError("the local decoder reads the encoder's byte states: encoder.dim must equal decoder.dim")
+            raise ConfigError("decoder.dim", self.decoder.dim,
+                              f"must equal encoder.dim {self.encoder.dim} (the decoder reads the encoder's byte states)")
         if self.patching.mode == "entropy" and self.entropy is None:
-            raise ValueError("entropy patching needs an entropy model config")
-        if self.cross_attn_k < 1:
-            raise ValueError("cross_attn_k must be >= 1")
-        if self.diffusion_block_size is not None and self.diffusion_block_size < 1:
-            raise ValueError("diffusion_block_size must be >= 1")
+            raise ConfigError("entropy", None, "entropy patching needs an entropy model config")
 
     @property
     def n_input_ids(self) -> int:
@@ -146,17 +247,16 @@ class BLTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BLTConfig":
+        """The config of a JSON object (as :meth:`to_dict` writes it). Raises ConfigError naming the field."""
+        if not isinstance(d, dict):
+            raise ConfigError("BLTConfig", d, "must be an object")
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown BLTConfig fields: {sorted(unknown)}")
         for key in ("encoder", "global_", "decoder", "entropy"):
             if d.get(key) is not None:
-                d[key] = StackConfig(**d[key])
+                d[key] = _build(StackConfig, d[key], key)
         if "patching" in d:
-            d["patching"] = PatchingConfig(**d["patching"])
-        return cls(**d)
+            d["patching"] = _build(PatchingConfig, d["patching"], "patching")
+        return _build(cls, d, "")
 
 
 def _local(dim: int, layers: int, heads: int, window: int = 512) -> StackConfig:

@@ -11,9 +11,9 @@ driving a :class:`~fastblt.generation.state.BLTState`). Keyword-only options of 
 """
 from __future__ import annotations
 
-import codecs
 import importlib
 import inspect
+import numbers
 import queue
 import threading
 import time
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import byte_ids
@@ -29,6 +30,7 @@ from ..model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb, pa
 from .sampling import Sampler, SamplingParams
 from .state import Counters
 from .stopping import Context, Output, to_bytes
+from .text import ContinuationDecoder, decode_continuation, utf8_tail
 
 METHODS: dict[str, str] = {
     "blt": "fastblt.generation.blt:generate_blt",
@@ -71,11 +73,13 @@ class GenerationResult:
     bytes: bytes
     stats: dict[str, Any] = field(default_factory=dict)
     stop_reason: str = "length"
+    prompt_tail: bytes = b""  # the prompt's trailing incomplete UTF-8 sequence (context for .text)
 
     @property
     def text(self) -> str:
-        """The bytes decoded as UTF-8 (invalid sequences → U+FFFD)."""
-        return self.bytes.decode("utf-8", errors="replace")
+        """The bytes decoded as UTF-8 (invalid sequences → U+FFFD). A character that the prompt
+        starts and the bytes complete appears whole at the start (see :mod:`fastblt.generation.text`)."""
+        return decode_continuation(self.prompt_tail, self.bytes)
 
 
 def prompt_ids(prompt: bytes | str) -> list[int]:
@@ -92,6 +96,17 @@ def bandwidth_stats(model: BLT, decoder_nfe: int, global_nfe: int, global_nfe_pa
         "est_bandwidth_gb_paper_counting": bandwidth_gb(decoder_nfe, global_nfe_paper, p_dec, p_eg),
         "est_bandwidth_gb_3b": bandwidth_gb(decoder_nfe, global_nfe, PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB),
     }
+
+
+def _plain(v: Any) -> Any:
+    """numpy (or other ``numbers``) scalars → Python int / float, so that they pass the same checks."""
+    if isinstance(v, (bool, np.bool_)):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    return v
 
 
 def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes: int = 256,
@@ -121,10 +136,13 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
     est_bandwidth_gb, est_bandwidth_gb_paper_counting, est_bandwidth_gb_3b (eq. 8; the same NFEs
     with the paper's 3B parameter counts), seconds, bytes_per_second, seed.
 
-    Raises ValueError for an unknown method or option, invalid sampling values, an empty stop
+    Numbers may be numpy scalars. Raises ValueError for an unknown method or option, invalid
+    sampling values (temperature 0 or in [1e-4, 1e6]; seed in [0, 2**64 − 1]), an empty stop
     string, a negative max_new_bytes, or a prompt that does not fit: 1 + len(prompt bytes) +
     max_new_bytes must be ≤ model.cfg.max_seq_len.
     """
+    max_new_bytes, draft_length = _plain(max_new_bytes), _plain(draft_length)
+    method_kwargs = {k: _plain(v) for k, v in method_kwargs.items()}
     fn = method_function(method)
     options = method_options(method)
     unknown = set(method_kwargs) - set(options)
@@ -163,7 +181,7 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
         "seconds": seconds, "bytes_per_second": n / seconds if seconds > 0 else 0.0, "seed": ctx.sampler.seed, "ignore_eos": bool(ignore_eos),
         **kwargs,
     }
-    return GenerationResult(bytes(ctx.out.data), stats, ctx.out.reason or "length")
+    return GenerationResult(bytes(ctx.out.data), stats, ctx.out.reason or "length", utf8_tail(to_bytes(prompt)))
 
 
 class _Cancelled(Exception):
@@ -172,7 +190,8 @@ class _Cancelled(Exception):
 
 def stream_text(model: BLT, prompt: bytes | str, **kwargs: Any) -> Iterator[str]:
     """Like :func:`generate` (same keyword arguments, except ``stream``), but yields the text as it
-    is verified, never splitting a UTF-8 character (incremental decoder, errors="replace").
+    is verified, never splitting a UTF-8 character (incremental decoder, errors="replace"; a
+    character the prompt starts is completed as in ``GenerationResult.text``).
 
     Generation runs in a worker thread; closing the iterator early cancels it. The iterator's
     return value (``StopIteration.value``) is the :class:`GenerationResult`.
@@ -200,7 +219,7 @@ def stream_text(model: BLT, prompt: bytes | str, **kwargs: Any) -> Iterator[str]
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = ContinuationDecoder(utf8_tail(to_bytes(prompt)))
     result = None
     try:
         while (item := chunks.get()) is not end:

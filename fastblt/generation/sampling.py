@@ -9,8 +9,10 @@ accounting: always generate L bytes) suppresses it too.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..config import BOE_ID, BOS_ID, BPE_ID, EOS_ID
@@ -18,12 +20,28 @@ from ..config import BOE_ID, BOS_ID, BPE_ID, EOS_ID
 SUPPRESSED_IDS = (BOE_ID, BOS_ID, BPE_ID)
 
 
+MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32 for logits ≳ 3e34 · T; use 0 (greedy)
+MAX_SEED = 2**64 - 1  # torch.Generator seeds are unsigned 64-bit
+
+
+def _real(v: object) -> object:
+    """numpy / other ``numbers.Real`` scalars → Python float (bools and non-numbers unchanged)."""
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) else v
+
+
+def _integer(v: object) -> object:
+    """numpy / other ``numbers.Integral`` scalars → Python int (bools and non-integers unchanged)."""
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) else v
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. temperature ≥ 0 (0 = greedy); top_k ≥ 1 or None; top_p in (0, 1] or None;
-    ignore_eos: never generate EOS (fixed-length generation).
+    """Sampling settings. temperature 0 (greedy) or in [1e-4, 1e6]; top_k ≥ 1 or None; top_p in
+    (0, 1] or None; ignore_eos: never generate EOS (fixed-length generation). numpy scalars are
+    accepted (stored as Python numbers).
 
-    Raises ValueError for out-of-range values.
+    Raises ValueError for out-of-range values, including temperatures that float32 sampling cannot
+    represent (a positive T below 1e-4 would overflow logits / T).
     """
 
     temperature: float = 0.0
@@ -32,23 +50,38 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        k = self.top_k
+        t = _real(self.temperature)
+        if not isinstance(t, float) or not math.isfinite(t) or not (t == 0 or MIN_TEMPERATURE <= t <= 1e6):
+            raise ValueError(f"temperature must be 0 (greedy) or a number in [{MIN_TEMPERATURE:g}, 1e6], got {t!r}")
+        k = _integer(self.top_k)
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"top_k must be an integer >= 1 or None, got {k!r}")
-        p = self.top_p
-        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+        p = _real(self.top_p)
+        if p is not None and (not isinstance(p, float) or not 0 < p <= 1):
             raise ValueError(f"top_p must be in (0, 1] or None, got {p!r}")
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "top_p", p)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN/inf logits: its weights or numerics are broken (never turned into EOS)."""
+
+
 def suppress(logits: torch.Tensor, ignore_eos: bool = False) -> torch.Tensor:
-    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE; and EOS if ignore_eos) at −inf."""
+    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE; and EOS if ignore_eos) at −inf.
+
+    Every byte decision goes through here. Raises NonFiniteLogitsError if any logit is NaN or ±inf
+    (the argmax of all-NaN logits would otherwise be id 0 and end generation silently).
+    """
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteLogitsError(
+            "the model produced non-finite logits (NaN/inf): its weights are broken (was it loaded with "
+            f"check_weights=False?) or its dtype ({logits.dtype}) overflowed")
     out = logits.float().clone()
     out[..., list(SUPPRESSED_IDS) + ([EOS_ID] if ignore_eos else [])] = float("-inf")
     return out
@@ -87,13 +120,15 @@ class Sampler:
     """
 
     def __init__(self, params: SamplingParams, seed: int | None = None, device: torch.device | str = "cpu"):
+        """seed: an integer in [0, 2**64 − 1] (numpy integers accepted) or None. Raises ValueError otherwise."""
         self.params = params
         self.generator = torch.Generator(device=device)
         if seed is None:
             self.seed = int(self.generator.seed())
         else:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"seed must be an integer or None, got {seed!r}")
+            seed = _integer(seed)
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed must be an integer in [0, 2**64 - 1] or None, got {seed!r}")
             self.seed = seed
             self.generator.manual_seed(seed)
 
