@@ -139,15 +139,16 @@ def test_nan_stops_and_keeps_last_checkpoint(corpus, tmp_path):
 def test_checkpoint_is_atomic(corpus, tmp_path, monkeypatch):
     assert T.run(_args(tmp_path, corpus, objective="entropy", steps=2)) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert not [n for n in names if n.startswith(".")], names
-    assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["config.json", "model.safetensors", S.STATE_NAME]
+    assert not [n for n in names if n.startswith(".") and n != S.LOCK_NAME], names
+    assert sorted(p.name for p in (tmp_path / "last").iterdir()) == sorted(
+        ["config.json", "model.safetensors", S.STATE_NAME, S.TENSORS_NAME])
     before = _weights(tmp_path)
 
     # a crash while writing the next checkpoint leaves the previous one intact
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError("simulated crash")
 
-    monkeypatch.setattr(S.torch, "save", boom)
+    monkeypatch.setattr(S, "write_trainer_state", boom)
     model = checkpoint.load(tmp_path / "last")
     opt = S.build_optimizer(model, 1e-3)
     with torch.no_grad():
@@ -155,6 +156,7 @@ def test_checkpoint_is_atomic(corpus, tmp_path, monkeypatch):
             p.add_(1.0)
     with pytest.raises(OSError):
         S.save_checkpoint(tmp_path, model, opt, 99, {})
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".last")]  # the temporary is removed
     after = _weights(tmp_path)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert S.load_trainer_state(tmp_path / "last")["step"] == 2

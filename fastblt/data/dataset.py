@@ -19,6 +19,7 @@ from ..config import EOS_ID as EOS
 from ..config import OFFSET, VOCAB_SIZE
 
 DEFAULT_ROOT = "data_cache/corpus"
+VAL_SEED = 1_000_003  # val batches: fixed rows, independent of the training seed
 
 
 class ByteDataset:
@@ -76,6 +77,20 @@ class ByteDataset:
             start = int(np.random.default_rng([seed, step, r]).integers(self.stream_len))
             rows[r, 1:] = self.stream_ids(start, seq_len)
         return torch.from_numpy(rows)
+
+
+def open_split(data: str | Path, split: str) -> ByteDataset:
+    """The split ``split`` of corpus folder ``data``, with clear errors for a missing folder or split
+    (FileNotFoundError) or an empty split (ValueError)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus folder {root} does not exist: build it with `fastblt data build`")
+    if not (root / f"{split}.bin").exists() or not (root / f"{split}.idx.npy").exists():
+        raise FileNotFoundError(f"{root} has no '{split}' split ({split}.bin + {split}.idx.npy)")
+    ds = ByteDataset(root / split)
+    if ds.stream_len == 0 or int(ds.idx[-1]) == 0:
+        raise ValueError(f"the '{split}' split of {root} is empty")
+    return ds
 
 
 def iter_documents(split: str | Path, root: str | Path = DEFAULT_ROOT) -> Iterator[bytes]:

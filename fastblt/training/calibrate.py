@@ -77,7 +77,8 @@ def calibrate(entropy_model: str | Path, data: str | Path = "data_cache/corpus",
     Returns {threshold, max_patch_length, mean_patch_size, histogram, ...}; writes calibration.json and
     patch_hist.txt into the run folder when ``write``.
     """
-    from .train import open_split, resolve_model_dir
+    from ..data.dataset import open_split
+    from .state import resolve_model_dir
 
     run = Path(entropy_model)
     model = checkpoint.load(resolve_model_dir(run))

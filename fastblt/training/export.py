@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import torch
 from .. import checkpoint
 from ..data.heldout import load_heldout
 from .objectives import LN2, masked_slot_accuracy, sequence_nll, slot_accuracy_report
-from .train import VAL_SEED, open_split, resolve_model_dir
+from ..data.dataset import VAL_SEED, open_split
+from .state import recover, resolve_model_dir, swap_in
 
 
 @torch.no_grad()
@@ -80,21 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                               **figures}}
         # write next to the target, check the size, then swap folders: a failed export keeps the old model
         out = Path(a.out)
+        recover(out)  # a crashed earlier export: restore DEST, remove its leftovers
         tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        checkpoint.save(model, tmp, dtype=torch.bfloat16, extra=extra)
-        size = sum(f.stat().st_size for f in tmp.iterdir()) / 2**20
-        if size > a.max_mb:
-            shutil.rmtree(tmp)
-            raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit; {out} left as it was")
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old.exists():
-            shutil.rmtree(old)
-    except (ValueError, FileNotFoundError) as e:
+        with checkpoint.writing(out.parent, tmp):
+            checkpoint.save(model, tmp, dtype=torch.bfloat16, extra=extra)
+            size = sum(f.stat().st_size for f in tmp.iterdir()) / 2**20
+            if size > a.max_mb:
+                raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit; {out} left as it was")
+            swap_in(tmp, out)
+    except (ValueError, FileNotFoundError, checkpoint.DiskFullError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1
     print(f"exported {a.run} → {a.out} ({size:.1f} MB, bf16)")

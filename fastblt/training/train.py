@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,13 @@ import torch.distributed as dist
 
 from .. import checkpoint
 from ..config import preset
-from ..data.dataset import ByteDataset
+from ..data.dataset import VAL_SEED, ByteDataset, open_split
 from ..model.blt import BLT
 from . import state as S
 from .objectives import LN2, OBJECTIVES, BLTDLoss, Objective, mask_denominator_of
+from .state import resolve_model_dir
 
-VAL_SEED = 1_000_003  # val batches: fixed rows, independent of the training seed
+__all__ = ["VAL_SEED", "add_arguments", "open_split", "resolve_model_dir", "run"]  # open_split etc.: re-exported
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint and log are deleted); without it, "
+                        "or --resume, an existing run is refused")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--no-plot", action="store_true", help="skip loss.png")
     p.add_argument("--debug-nan-at-step", type=int, default=None, help=argparse.SUPPRESS)
@@ -105,19 +110,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def open_split(data: str | Path, split: str) -> ByteDataset:
-    """A corpus split, with clear errors for a missing folder or an empty split."""
-    root = Path(data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"corpus folder {root} does not exist: build it with `fastblt data build`")
-    if not (root / f"{split}.bin").exists() or not (root / f"{split}.idx.npy").exists():
-        raise FileNotFoundError(f"{root} has no '{split}' split ({split}.bin + {split}.idx.npy)")
-    ds = ByteDataset(root / split)
-    if ds.stream_len == 0 or int(ds.idx[-1]) == 0:
-        raise ValueError(f"the '{split}' split of {root} is empty")
-    return ds
 
 
 def check_memory(model: torch.nn.Module, trainable: int) -> None:
@@ -132,16 +124,6 @@ def check_memory(model: torch.nn.Module, trainable: int) -> None:
     if need > avail:
         raise RuntimeError(f"config too large for memory: {trainable / 1e6:.1f}M trainable parameters need about "
                            f"{need / 2**30:.1f} GiB for weights + AdamW state (fp32), only {avail / 2**30:.1f} GiB available")
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A checkpoint folder: ``path`` itself or ``path/last``."""
-    p = Path(path)
-    if (p / checkpoint.CONFIG_NAME).exists():
-        return p
-    if (p / "last" / checkpoint.CONFIG_NAME).exists():
-        return p / "last"
-    raise FileNotFoundError(f"no trained model at {p} (expected {p}/config.json or {p}/last/config.json)")
 
 
 def load_entropy_run(path: str | Path) -> tuple[BLT, dict[str, Any]]:
@@ -162,11 +144,10 @@ def load_entropy_run(path: str | Path) -> tuple[BLT, dict[str, Any]]:
 
 def _init_objective(path: Path) -> str | None:
     """The objective a model folder was trained with, where its files say so (None: unknown)."""
-    st = path / S.STATE_NAME
     cfg = json.loads((path / checkpoint.CONFIG_NAME).read_text())
     if isinstance(cfg.get("training"), dict) and cfg["training"].get("objective"):
         return str(cfg["training"]["objective"])
-    if st.exists():
+    if (path / S.STATE_NAME).exists() or (path / S.LEGACY_STATE_NAME).exists():
         try:
             return str(S.load_trainer_state(path).get("extra", {}).get("objective") or "") or None
         except Exception:  # noqa: BLE001 - a state we cannot read tells us nothing
@@ -298,29 +279,186 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- the loop
 class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary (and save); a second one aborts."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers send) asks the loop to stop at
+    the next step boundary and save; a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nfastblt: interrupt — stopping after this step and saving (Ctrl-C again to abort)", file=sys.stderr)
+        name = signal.Signals(signum).name
+        print(f"\nfastblt: {name} — stopping after this step and saving (send it again to abort)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False
+
+
+class RunLogger:
+    """``log.jsonl`` (one flushed JSON line per record), the progress bar and the start/end lines.
+
+    On resume the log keeps the records up to the checkpoint's step (a torn last line, from a crash
+    mid-write, is dropped with a message); a fresh run starts an empty log. Only rank 0 writes.
+    """
+
+    def __init__(self, out: Path, step: int, args: argparse.Namespace, enabled: bool):
+        self.path, self.enabled, self.ema_bps, self.last_eval = out / "log.jsonl", enabled, None, {}
+        self.file = self.bar = None
+        if not enabled:
+            return
+        keep = S.read_log(self.path, upto_step=step) if args.resume else []
+        checkpoint.atomic_write_bytes(self.path, b"".join(json.dumps(r).encode() + b"\n" for r in keep))
+        self.file = open(self.path, "a")
+        if not args.no_progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        if "bytes_per_s" in rec:
+            self.ema_bps = rec["bytes_per_s"] if self.ema_bps is None else 0.9 * self.ema_bps + 0.1 * rec["bytes_per_s"]
+        if "val_bpb" in rec:
+            self.last_eval = {k: v for k, v in rec.items() if k.startswith("val_")}
+        if self.file is not None:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+        if self.bar is not None and "loss" in rec:
+            post = {"loss": f"{rec['loss']:.3f}", "bpb": f"{rec['bpb']:.3f}", "B/s": f"{self.ema_bps:.0f}"}
+            if self.last_eval:
+                post["val"] = f"{self.last_eval['val_bpb']:.3f}"
+            self.bar.set_postfix(post)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+        self.bar = self.file = None
+
+
+def resume(out: Path, model: BLT, optimizer: torch.optim.Optimizer, run_config: dict[str, Any]) -> int:
+    """Load ``out``'s last checkpoint into ``model``/``optimizer`` and the RNGs; returns its step.
+
+    Raises FileNotFoundError without a checkpoint, ValueError when the run config or the model
+    config (patching threshold included) differs from the checkpoint's.
+    """
+    last = S.find_last(out)
+    if last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}/last")
+    st = S.load_trainer_state(last)
+    old = st["run_config"]
+    diff = {k: (old.get(k), run_config.get(k)) for k in _MUST_MATCH if old.get(k) != run_config.get(k)}
+    if diff:
+        raise ValueError(f"--resume: the run config differs from the checkpoint's: {diff}")
+    saved = checkpoint.load(last)
+    if saved.cfg != model.cfg:
+        raise ValueError(f"--resume: the model config (patching threshold included) differs from {last}'s; "
+                         "was the entropy model re-calibrated?")
+    model.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(st["optimizer"])
+    S.set_rng_state(st["rng"])
+    return int(st["step"])
+
+
+class Batches:
+    """This rank's rows of the global batch of a step, with BLT-D's L_mask denominator.
+
+    ``batches(step) -> (rows [b/K, N + 1], scored [b/K, N] or None, denom or None)`` on ``device``.
+    With ``--self-data``, the first ``--self-rows`` rows come from the model's own continuations and
+    ``scored`` masks their generated part out of L_clean.
+    """
+
+    def __init__(self, args: argparse.Namespace, ds: ByteDataset, objective: Objective, rank: int, world: int,
+                 device: torch.device, distributed: bool):
+        self.args, self.ds, self.objective, self.world, self.device, self.distributed = (
+            args, ds, objective, world, device, distributed)
+        per_rank = args.batch_size // world
+        self.row_ids = list(range(rank * per_rank, (rank + 1) * per_rank))
+        self.self_rows = self.self_prompt = None
+        if args.self_data:
+            from .self_data import load_self_rows
+            self.self_rows, self.self_prompt = load_self_rows(args.self_data, args.seq_len)
+
+    def global_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global batch [b, N + 1] and, with self-data, the L_clean positions it scores [b, N]."""
+        a = self.args
+        row = self.ds.sample_batch(step, a.batch_size, a.seq_len, seed=a.seed)
+        if self.self_rows is None:
+            return row, None
+        rng = np.random.default_rng([a.seed, step, 7])
+        pick = torch.from_numpy(rng.integers(len(self.self_rows), size=a.self_rows))
+        row[: a.self_rows] = self.self_rows[pick]
+        scored = torch.ones(a.batch_size, a.seq_len, dtype=torch.bool)
+        scored[: a.self_rows, self.self_prompt - 1:] = False  # targets at positions ≥ prompt_len are generated
+        return row, scored
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        row, scored = self.global_batch(step)
+        mine = slice(self.row_ids[0], self.row_ids[-1] + 1)
+        row = row[mine].to(self.device)
+        scored = scored[mine].to(self.device) if scored is not None else None
+        denom = None
+        if self.args.objective == "bltd":
+            model = self.objective.model
+            denom = mask_denominator_of(model, row, self.objective.bltd, self.args.seed, step, self.row_ids)
+            denom = denom.to(self.device)
+            if self.distributed:
+                dist.all_reduce(denom)
+            denom = denom.clamp(min=1).float() / self.world  # DDP averages: world · Σ_rank / global count
+        return row, scored, denom
+
+
+def train_step(net: torch.nn.Module, model: BLT, optimizer: torch.optim.Optimizer, batch, row_ids: list[int],
+               step: int, args: argparse.Namespace, distributed: bool, world: int) -> dict[str, Any]:
+    """One optimizer step (lr schedule, forward, backward, clip, AdamW) on this rank's ``batch``
+    (rows ``row_ids`` of the global batch, see :class:`Batches`).
+
+    Returns the log record of the step (loss and bpb averaged over ranks). Raises FloatingPointError
+    for a non-finite loss or gradient norm (before the weights change).
+    """
+    t0 = time.time()
+    lr = S.lr_at(step, args.lr, args.warmup, args.steps)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    row, scored, denom = batch
+    autocast = torch.autocast(device_type=row.device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    with autocast:
+        loss, stats = net(row, step, row_ids, denom, scored)
+    if args.debug_nan_at_step is not None and step == args.debug_nan_at_step:
+        loss = loss * float("nan")
+    vals = torch.stack([loss.detach().float(), stats["ce"].float()])                       # [2]
+    if distributed:
+        dist.all_reduce(vals)
+        vals /= world
+    if not torch.isfinite(vals).all():
+        raise FloatingPointError(f"non-finite loss {float(vals[0])} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.grad_clip)
+    if not torch.isfinite(gnorm):
+        raise FloatingPointError(f"non-finite gradient norm at step {step}")
+    optimizer.step()
+    dt = max(time.time() - t0, 1e-9)
+    rec = {"step": step + 1, "loss": float(vals[0]), "bpb": float(vals[1]) / LN2, "lr": lr,
+           "bytes_per_s": round(args.batch_size * args.seq_len / dt, 1), "grad_norm": float(gnorm)}
+    if args.objective == "bltd":
+        rec["mask"] = float(stats["mask"])
+    return rec
 
 
 def run(args: argparse.Namespace) -> int:
@@ -333,6 +471,10 @@ def run(args: argparse.Namespace) -> int:
             and args.weight_decay >= 0 and args.grad_clip > 0 and (args.warmup is None or args.warmup >= 0)):
         raise ValueError("--lr and --grad-clip must be > 0, --eval-batches ≥ 1, and --save-every, --eval-every, "
                          "--weight-decay, --warmup ≥ 0")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
     if args.objective == "bltd":
         bltd_loss_config(args)  # raises ValueError for bad --blocks/--block-stride/--fused-frac/--distill
     if (args.self_rows or args.self_data) and not (args.objective == "bltd" and args.self_data
@@ -351,7 +493,11 @@ def run(args: argparse.Namespace) -> int:
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(args, rank, world, device, distributed)
+        # rank 0 owns the run folder: lock, refuse a reused folder, repair crashed saves
+        with S.open_run_folder(Path(args.out), args.resume, args.overwrite) if rank == 0 else nullcontext():
+            if distributed:
+                dist.barrier()
+            return _train(args, rank, world, device, distributed)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -359,92 +505,32 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device, distributed: bool) -> int:
     t_start = time.time()
-    out = Path(args.out)
+    out, is_main = Path(args.out), rank == 0
     train_ds, val_ds = open_split(args.data, "train"), open_split(args.data, "val")
     model = build_model(args)
     if args.seq_len > model.cfg.max_seq_len:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the preset's max_seq_len {model.cfg.max_seq_len}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     check_memory(model, trainable)
-    warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
-    args.warmup = warmup
+    args.warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
     run_config = _run_config(args)
-
     optimizer = S.build_optimizer(model, args.lr, args.weight_decay)
-    step = 0
-    if args.resume:
-        last = S.find_last(out)
-        if last is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}/last")
-        st = S.load_trainer_state(last)
-        old = st["run_config"]
-        diff = {k: (old.get(k), run_config.get(k)) for k in _MUST_MATCH if old.get(k) != run_config.get(k)}
-        if diff:
-            raise ValueError(f"--resume: the run config differs from the checkpoint's: {diff}")
-        saved = checkpoint.load(last)
-        if saved.cfg != model.cfg:
-            raise ValueError(f"--resume: the model config (patching threshold included) differs from {last}'s; "
-                             "was the entropy model re-calibrated?")
-        model.load_state_dict(saved.state_dict())
-        optimizer.load_state_dict(st["optimizer"])
-        S.set_rng_state(st["rng"])
-        step = int(st["step"])
+    step = resume(out, model, optimizer, run_config) if args.resume else 0
     model.to(device).train()
-    for s in optimizer.state.values():  # optimizer state follows the parameters' device
-        for k, v in s.items():
-            if torch.is_tensor(v) and k != "step":
-                s[k] = v.to(device)
-
+    S.optimizer_to(optimizer, device)
     objective = Objective(model, args.objective, args.block_size, args.seed,
                           bltd_loss_config(args) if args.objective == "bltd" else None)
     net: torch.nn.Module = objective
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
-
-    self_rows = self_prompt = None
-    if args.self_data:
-        from .self_data import load_self_rows
-        self_rows, self_prompt = load_self_rows(args.self_data, args.seq_len)
-
-    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Global batch [b, N + 1] and, with self-data, the L_clean positions it scores [b, N]."""
-        row = train_ds.sample_batch(step, args.batch_size, args.seq_len, seed=args.seed)
-        if self_rows is None:
-            return row, None
-        rng = np.random.default_rng([args.seed, step, 7])
-        pick = torch.from_numpy(rng.integers(len(self_rows), size=args.self_rows))
-        row[: args.self_rows] = self_rows[pick]
-        scored = torch.ones(args.batch_size, args.seq_len, dtype=torch.bool)
-        scored[: args.self_rows, self_prompt - 1:] = False  # targets at positions ≥ prompt_len are generated
-        return row, scored
-
-    per_rank = args.batch_size // world
-    row_ids = list(range(rank * per_rank, (rank + 1) * per_rank))
-    bytes_per_step = args.batch_size * args.seq_len
-    is_main = rank == 0
+    batches = Batches(args, train_ds, objective, rank, world, device, distributed)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path = out / "log.jsonl"
-        if not args.resume and log_path.exists():
-            log_path.unlink()
-        elif log_path.exists():  # drop what was logged after the checkpoint we resume from
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-            checkpoint.atomic_write_bytes(log_path, ("\n".join(keep) + "\n" if keep else "").encode())
         print(f"fastblt train: {args.objective} preset={args.preset} trainable={trainable / 1e6:.2f}M "
-              f"batch={args.batch_size}×{args.seq_len} steps={args.steps} lr={args.lr} warmup={warmup} "
+              f"batch={args.batch_size}×{args.seq_len} steps={args.steps} lr={args.lr} warmup={args.warmup} "
               f"world={world} device={device} threads={torch.get_num_threads()}"
               + (f" threshold={model.cfg.patching.threshold:.4f}" if args.objective != "entropy" else ""), flush=True)
-    log_f = open(out / "log.jsonl", "a") if is_main else None
-    bar = None
-    if is_main and not args.no_progress:
-        from tqdm import tqdm
-        bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def log(rec: dict[str, Any]) -> None:
-        if log_f is not None:
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
+    log = RunLogger(out, step, args, is_main)
 
     def save(tag: str) -> None:
         if is_main:
@@ -452,96 +538,55 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         if distributed:
             dist.barrier()
 
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if args.bf16
-                else torch.autocast(device_type=device.type, enabled=False))
-    stop_reason = "done"
-    last_eval: dict[str, float] = {}
-    ema_bps = None
-    first_step = step
+    stop_reason, first_step = "done", step
     with _StopFlag() as stop:
         try:
             while step < args.steps:
-                t0 = time.time()
-                lr = S.lr_at(step, args.lr, warmup, args.steps)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                row, scored = batch_at(step)
-                row = row[row_ids[0]: row_ids[-1] + 1].to(device)
-                scored = scored[row_ids[0]: row_ids[-1] + 1].to(device) if scored is not None else None
-                denom = None
-                if args.objective == "bltd":
-                    denom = mask_denominator_of(model, row, objective.bltd, args.seed, step, row_ids).to(device)
-                    if distributed:
-                        dist.all_reduce(denom)
-                    denom = denom.clamp(min=1).float() / world  # DDP averages: world · Σ_rank / global count
-                with autocast:
-                    loss, stats = net(row, step, row_ids, denom, scored)
-                if args.debug_nan_at_step is not None and step == args.debug_nan_at_step:
-                    loss = loss * float("nan")
-                vals = torch.stack([loss.detach().float(), stats["ce"].float()])
-                if distributed:
-                    dist.all_reduce(vals)
-                    vals /= world
-                if not torch.isfinite(vals).all():
-                    raise FloatingPointError(f"non-finite loss {float(vals[0])} at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.grad_clip)
-                if not torch.isfinite(gnorm):
-                    raise FloatingPointError(f"non-finite gradient norm at step {step}")
-                optimizer.step()
+                rec = train_step(net, model, optimizer, batches(step), batches.row_ids, step, args, distributed, world)
                 step += 1
-                dt = time.time() - t0
-                bps = bytes_per_step / max(dt, 1e-9)
-                ema_bps = bps if ema_bps is None else 0.9 * ema_bps + 0.1 * bps
-                rec = {"step": step, "loss": float(vals[0]), "bpb": float(vals[1]) / LN2, "lr": lr,
-                       "bytes_per_s": round(bps, 1), "grad_norm": float(gnorm), "time_s": round(time.time() - t_start, 2)}
-                if args.objective == "bltd":
-                    rec["mask"] = float(stats["mask"])
+                rec["time_s"] = round(time.time() - t_start, 2)
                 if is_main and args.eval_every and (step % args.eval_every == 0 or step == args.steps):
-                    last_eval = evaluate(objective, val_ds, args, device)
-                    rec.update(last_eval)
+                    rec.update(evaluate(objective, val_ds, args, device))
                 log(rec)
-                if bar is not None:
-                    post = {"loss": f"{rec['loss']:.3f}", "bpb": f"{rec['bpb']:.3f}", "B/s": f"{ema_bps:.0f}"}
-                    if last_eval:
-                        post["val"] = f"{last_eval['val_bpb']:.3f}"
-                    bar.set_postfix(post)
-                    bar.update(1)
                 out_of_time = ((args.time_budget_min is not None and time.time() - t_start > 60 * args.time_budget_min)
                                or (args.stop_after_steps is not None and step - first_step >= args.stop_after_steps))
                 flags = torch.tensor([float(stop.requested), float(out_of_time)])
                 if distributed:
                     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                if flags[0] > 0 or flags[1] > 0:
+                if flags.any():
                     stop_reason = "interrupted" if flags[0] > 0 else "budget"
                     break
                 if args.save_every and step % args.save_every == 0 and step < args.steps:
                     save("periodic")
+            save(stop_reason)  # Ctrl-C / SIGTERM during the save itself: the second signal aborts it
         except FloatingPointError as e:
-            if bar is not None:
-                bar.close()
-            if log_f is not None:
-                log_f.close()
+            log.close()
             last = S.find_last(out)
             raise RuntimeError(f"training stopped: {e}. The last good checkpoint is kept "
                                f"({last if last else 'none written yet'}); lower --lr or check the data.") from None
-    if bar is not None:
-        bar.close()
-    save(stop_reason)
-    result: dict[str, Any] = {"step": step, "stop_reason": stop_reason, "wall_s": round(time.time() - t_start, 1),
-                              "bytes_per_s": round(ema_bps or 0.0, 1)}
+        except BaseException:
+            log.close()
+            raise
     if is_main:
-        if args.eval_every == 0 or not last_eval or stop_reason != "done":
-            last_eval = evaluate(objective, val_ds, args, device)
-            log({"step": step, **last_eval})
-        result.update(last_eval)
-        log_f.close()
-        (out / "run.json").write_text(json.dumps({"run_config": run_config, "result": result}, indent=2))
-        if not args.no_plot:
-            plot_curves(out / "log.jsonl", out / "loss.png")
-        print(f"fastblt train: {stop_reason} at step {step}; val bpb {result.get('val_bpb', float('nan')):.4f}; "
-              f"{result['bytes_per_s']:.0f} bytes/s; checkpoint {out / 'last'}", flush=True)
+        _finish(args, objective, val_ds, device, log, out, run_config,
+                {"step": step, "stop_reason": stop_reason, "wall_s": round(time.time() - t_start, 1),
+                 "bytes_per_s": round(log.ema_bps or 0.0, 1)})
     if distributed:
         dist.barrier()
     return 0
+
+
+def _finish(args: argparse.Namespace, objective: Objective, val_ds: ByteDataset, device: torch.device,
+            log: RunLogger, out: Path, run_config: dict[str, Any], result: dict[str, Any]) -> None:
+    """Final evaluation (unless the last step just had one), run.json, loss.png and the summary line."""
+    if args.eval_every == 0 or not log.last_eval or result["stop_reason"] != "done":
+        log({"step": result["step"], **evaluate(objective, val_ds, args, device)})
+    log.close()
+    result.update(log.last_eval)
+    checkpoint.atomic_write_bytes(out / "run.json", json.dumps({"run_config": run_config, "result": result},
+                                                               indent=2).encode())
+    if not args.no_plot:
+        plot_curves(out / "log.jsonl", out / "loss.png")
+    print(f"fastblt train: {result['stop_reason']} at step {result['step']}; val bpb "
+          f"{result.get('val_bpb', float('nan')):.4f}; {result['bytes_per_s']:.0f} bytes/s; checkpoint {out / 'last'}",
+          flush=True)
