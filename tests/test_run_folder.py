@@ -200,7 +200,7 @@ def test_disk_full_on_a_real_full_device(tmp_path):
             "except checkpoint.DiskFullError as e:\n    print('MSG', e)\n"
             "import os; print('LEFT', sorted(os.listdir(sys.argv[1])))\n")
     tests = str(Path(__file__).parent)
-    p = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$1" -c "$2" "$0" "$3"',
+    p = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$1" -c "$2" "$0" "$3"',
                         str(d), sys.executable, code, tests], capture_output=True, text=True, cwd=Path(tests).parent)
     if "mount" in p.stderr and p.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
