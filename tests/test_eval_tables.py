@@ -99,7 +99,13 @@ TASK = {  # a task in the MultiPL-E format of the archive
 }
 
 
-def test_mbpp_scorer_passes_a_correct_body_and_fails_a_dummy():
+@pytest.fixture
+def allow_code(monkeypatch):
+    """Scoring MBPP executes code: opt in (fastblt.evaluation.execution)."""
+    monkeypatch.setenv("FASTBLT_ALLOW_CODE_EXECUTION", "1")
+
+
+def test_mbpp_scorer_passes_a_correct_body_and_fails_a_dummy(allow_code):
     assert mbpp.entry_point(TASK) == "add_up"
     assert mbpp.execute(TASK, "    total = 0\n    for x in xs:\n        total += x\n    return total\n") == (True, "passed")
     passed, result = mbpp.execute(TASK, "    return None\n")
@@ -112,7 +118,7 @@ class _FakeOut:
         self.bytes, self.stats = data, {"decoder_nfe": len(data), "global_nfe": 1}
 
 
-def test_run_mbpp_scores_generated_bodies_and_cuts_at_stops():
+def test_run_mbpp_scores_generated_bodies_and_cuts_at_stops(allow_code):
     bodies = {"good": b"    return sum(xs)\n\ndef extra():\n    pass\n", "bad": b"    return -1\n"}
     seen = []
 
@@ -123,8 +129,8 @@ def test_run_mbpp_scores_generated_bodies_and_cuts_at_stops():
         return fn
 
     shots = [dict(TASK, name=n) for n in mbpp.SHOTS]
-    good = mbpp.run_mbpp(gen("good"), shots, [TASK], fixed_length=True, progress=False)
-    bad = mbpp.run_mbpp(gen("bad"), shots, [TASK], fixed_length=True, progress=False)
+    good = mbpp.run_mbpp(gen("good"), shots, [TASK], fixed_length=True, progress=False, run_code=True)
+    bad = mbpp.run_mbpp(gen("bad"), shots, [TASK], fixed_length=True, progress=False, run_code=True)
     assert good.scores["pass@1"] == 1.0 and bad.scores["pass@1"] == 0.0
     assert good.samples[0].output == "    return sum(xs)\n"  # cut at "\ndef"
     prompt, stops = seen[0]
@@ -133,7 +139,7 @@ def test_run_mbpp_scores_generated_bodies_and_cuts_at_stops():
 
 
 @pytest.mark.skipif(not mbpp.data_path().is_file(), reason="MBPP archive not fetched (python -m fastblt.evaluation.mbpp fetch)")
-def test_mbpp_data_and_shot_bodies():
+def test_mbpp_data_and_shot_bodies(allow_code):
     shots, tasks = mbpp.load_mbpp()
     assert len(tasks) == 394 and [s["name"] for s in shots] == list(mbpp.SHOTS)
     assert not {t["name"] for t in tasks} & set(mbpp.SHOTS)  # shots are never scored
