@@ -27,6 +27,8 @@ def test_bench_writes_json_table_and_plot(model_dir, tmp_path):
     # greedy lossless methods score exactly like BLT
     for lossless in ("BLT uncached", "BLT-S k=8", "BLT-DV-4 1-step"):
         assert rows[lossless]["scores"]["chrf"] == rows["BLT"]["scores"]["chrf"]
+        assert rows[lossless]["mismatch_vs_blt"] == 0.0  # float32: the same outputs, sample by sample
+    assert "mismatch_vs_blt" not in rows["BLT-D-4 conf α=0.7"] and doc["dtype"] == "float32"
     assert rows["BLT-S k=8"]["global_nfe"] < rows["BLT"]["global_nfe"] or rows["BLT"]["global_nfe"] <= 4
     assert "### code" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "pareto.png").stat().st_size > 1000
