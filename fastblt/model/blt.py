@@ -20,45 +20,55 @@ import torch.nn as nn
 
 from ..config import VOCAB_SIZE, BLTConfig, StackConfig
 from ..patching import patches as P
-from .hashing import hash_ngram_ids
-from .layers import Block, CrossAttention, KVCache, RMSNorm, causal_window_mask, rope_cos_sin
+from .hashing import hash_ngram_ids, hash_ngram_rows
+from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask
 
 
-def _rope(cfg: StackConfig, positions: torch.Tensor, dtype: torch.dtype):
-    return rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, dtype)
+ROPE_MARGIN = 1024  # positions past max_seq_len a stack's RoPE table covers (BLT-D slots after the last byte)
 
 
-def _key_positions(positions: torch.Tensor, caches: list[KVCache] | None) -> torch.Tensor:
-    """Absolute positions of every key: cached positions 0..L−1 followed by the new ones."""
-    if not caches or caches[0].length == 0:
-        return positions
-    past = torch.arange(caches[0].length, device=positions.device).expand(positions.shape[0], -1)
-    return torch.cat([past, positions], dim=1)
+def _self_mask(positions: torch.Tensor, caches: list[KVCache] | None, window: int | None) -> torch.Tensor | None:
+    """Causal (sliding-window) mask of the queries at ``positions`` [B, T] over the keys this call sees:
+    positions ``caches[0].first_key(T)`` .. end with a cache (0 .. T − 1 without). None when every
+    key is visible (one query over a window-bounded cache)."""
+    b, t = positions.shape
+    if not caches:
+        return causal_window_mask(positions, positions, window)
+    c = caches[0]
+    a, end = c.first_key(t), c.length + t
+    if t == 1 and (window is None or end - a <= window):
+        return None
+    keys = torch.arange(a, end, device=positions.device).expand(b, -1)
+    return causal_window_mask(positions, keys, window)
 
 
 class Stack(nn.Module):
     """A plain stack of blocks with RoPE; ``forward`` takes its own positions and mask."""
 
-    def __init__(self, cfg: StackConfig):
+    def __init__(self, cfg: StackConfig, max_positions: int = 24576 + ROPE_MARGIN):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.rope = RopeTable(cfg.head_dim, cfg.rope_theta, max_positions)
 
     def run_layers(self, x, positions, mask, caches=None):
-        rope = _rope(self.cfg, positions, x.dtype)
+        """x [B, T, dim] at ``positions`` [B, T]; mask over the keys each layer sees (see SelfAttention)."""
+        rope = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, caches[i] if caches is not None else None)
         return x
 
-    def new_caches(self) -> list[KVCache]:
-        return [KVCache() for _ in self.layers]
+    def new_caches(self, capacity: int | None = None, slack: int | None = None) -> list[KVCache]:
+        """One static KV cache per layer: ring buffers of window + slack slots (slack default: the
+        window) for a sliding-window stack, else buffers of ``capacity`` positions (grown if needed)."""
+        return [KVCache(self.cfg.window, capacity, slack) for _ in self.layers]
 
 
 class EntropyModel(Stack):
     """The small causal byte LM whose next-byte entropies place patch boundaries (BLT §2.3)."""
 
-    def __init__(self, cfg: StackConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: StackConfig, max_positions: int = 24576 + ROPE_MARGIN):
+        super().__init__(cfg, max_positions)
         self.embed_tokens = nn.Embedding(VOCAB_SIZE, cfg.dim)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
@@ -73,14 +83,15 @@ class EntropyModel(Stack):
         if positions is None:
             start = caches[0].length if caches else 0
             positions = torch.arange(start, start + t, device=ids.device).expand(b, t)
-        mask = causal_window_mask(positions, _key_positions(positions, caches), self.cfg.window)
+        mask = _self_mask(positions, caches, self.cfg.window)
         x = self.run_layers(self.embed_tokens(ids), positions, mask, caches)
         return self.lm_head(self.norm(x)).float()
 
 
 class LocalEncoder(Stack):
-    def __init__(self, cfg: StackConfig, n_input_ids: int, k: int, all_layers: bool, double_residual: bool):
-        super().__init__(cfg)
+    def __init__(self, cfg: StackConfig, n_input_ids: int, k: int, all_layers: bool, double_residual: bool,
+                 max_positions: int = 24576 + ROPE_MARGIN):
+        super().__init__(cfg, max_positions)
         self.k, self.double_residual = k, double_residual
         self.embed_tokens = nn.Embedding(n_input_ids, cfg.dim)
         self.patch_embedding_projection = nn.Linear(cfg.dim, cfg.dim * k, bias=False)
@@ -89,8 +100,7 @@ class LocalEncoder(Stack):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Byte embeddings x [B, T, d] → encoder byte states h [B, T, d] (no final norm)."""
-        mask = causal_window_mask(positions, _key_positions(positions, caches), self.cfg.window)
-        return self.run_layers(x, positions, mask, caches)
+        return self.run_layers(x, positions, _self_mask(positions, caches, self.cfg.window), caches)
 
     def pool(self, h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int) -> torch.Tensor:
         """Patch vectors by cross-attention pooling (BLT §3.2.2).
@@ -134,8 +144,8 @@ class LocalEncoder(Stack):
 
 
 class GlobalTransformer(Stack):
-    def __init__(self, cfg: StackConfig, input_dim: int):
-        super().__init__(cfg)
+    def __init__(self, cfg: StackConfig, input_dim: int, max_positions: int = 24576 + ROPE_MARGIN):
+        super().__init__(cfg, max_positions)
         self.token_embedding_projection = (
             nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None)
 
@@ -152,14 +162,14 @@ class GlobalTransformer(Stack):
             positions = torch.arange(start, start + p, device=x.device).expand(b, p)
         if self.token_embedding_projection is not None:
             x = self.token_embedding_projection(x)
-        if mask is None:
-            mask = causal_window_mask(positions, _key_positions(positions, caches), None)
+        mask = _self_mask(positions, caches, None) if mask is None else mask
         return self.run_layers(x, positions, mask, caches)
 
 
 class LocalDecoder(Stack):
-    def __init__(self, cfg: StackConfig, global_dim: int, k: int, all_layers: bool, double_residual: bool):
-        super().__init__(cfg)
+    def __init__(self, cfg: StackConfig, global_dim: int, k: int, all_layers: bool, double_residual: bool,
+                 max_positions: int = 24576 + ROPE_MARGIN):
+        super().__init__(cfg, max_positions)
         self.k, self.all_layers, self.double_residual = k, all_layers, double_residual
         self.patch_embedding_projection = nn.Linear(global_dim, cfg.dim * k, bias=False)
         n_x = cfg.n_layers if all_layers else 1
@@ -171,18 +181,30 @@ class LocalDecoder(Stack):
         b, p, _ = latents.shape
         return self.patch_embedding_projection(latents).reshape(b, p * self.k, self.cfg.dim)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor, kv: torch.Tensor,
+    def cross_kv(self, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Latent vectors kv [B, M, d] → each cross-attention layer's (keys, values) [B, H, M, head_dim],
+        to compute once per latent and pass to :meth:`forward` instead of kv."""
+        return [x.project_kv(kv) for x in self.cross_attn_layers]
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
+                kv: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
                 cross_mask: torch.Tensor | None, caches: list[KVCache] | None = None) -> torch.Tensor:
         """Decoder hidden states after the final norm, [B, T, d_local].
 
         h [B, T, d] input rows (encoder byte states, or BLT-D slot embeddings); positions [B, T];
-        self_mask bool [B, 1, T, L_cache + T]; kv [B, M, d] latent vectors from
-        :meth:`latent_vectors`; cross_mask bool [B, 1, T, M] (None: every row sees all of kv).
+        self_mask bool [B, 1, T, L_cache + T] over key positions 0 .. L_cache + T − 1, or None for
+        the causal sliding-window rule; kv [B, M, d] latent vectors from :meth:`latent_vectors` (or
+        their :meth:`cross_kv` projections); cross_mask bool [B, 1, T, M] (None: every row sees all of kv).
         """
-        rope = _rope(self.cfg, positions, h.dtype)
+        if self_mask is None:
+            self_mask = _self_mask(positions, caches, self.cfg.window)
+        elif caches:  # a sliding-window cache returns only the keys from first_key on
+            self_mask = self_mask[..., caches[0].first_key(h.shape[1]):]
+        rope = self.rope(positions, h.dtype)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.all_layers:
-                out = self.cross_attn_layers[i](h, kv, cross_mask)
+                x_kv = kv if isinstance(kv, torch.Tensor) else kv[i]
+                out = self.cross_attn_layers[i](h, x_kv, cross_mask)
                 h = out + h if self.double_residual else out
             h = layer(h, rope, self_mask, caches[i] if caches is not None else None)
         return self.norm(h)
@@ -196,13 +218,14 @@ class BLT(nn.Module):
         self.cfg = cfg
         n_tables = cfg.hash_functions * len(cfg.hash_ngram_sizes)
         self.encoder_hash_tok_embedding = nn.Embedding(n_tables * cfg.hash_vocab, cfg.encoder.dim)
+        n_pos = cfg.max_seq_len + ROPE_MARGIN
         self.local_encoder = LocalEncoder(cfg.encoder, cfg.n_input_ids, cfg.cross_attn_k,
-                                          cfg.encoder_cross_attn_all_layers, cfg.double_residual)
-        self.global_transformer = GlobalTransformer(cfg.global_, cfg.global_input_dim)
+                                          cfg.encoder_cross_attn_all_layers, cfg.double_residual, n_pos)
+        self.global_transformer = GlobalTransformer(cfg.global_, cfg.global_input_dim, n_pos)
         self.local_decoder = LocalDecoder(cfg.decoder, cfg.global_.dim, cfg.cross_attn_k,
-                                          cfg.decoder_cross_attn_all_layers, cfg.double_residual)
+                                          cfg.decoder_cross_attn_all_layers, cfg.double_residual, n_pos)
         self.lm_head = nn.Linear(cfg.decoder.dim, VOCAB_SIZE, bias=False)
-        self.patcher = EntropyModel(cfg.entropy) if cfg.entropy is not None else None
+        self.patcher = EntropyModel(cfg.entropy, n_pos) if cfg.entropy is not None else None
         if self.patcher is not None:
             self.patcher.requires_grad_(False)
 
@@ -233,6 +256,17 @@ class BLT(nn.Module):
         rows = hash_ngram_ids(full, self.cfg.hash_ngram_sizes, self.cfg.hash_vocab, self.cfg.hash_functions)
         rows = rows[:, full.shape[1] - ids.shape[1]:]
         return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows).sum(-2)
+
+    def embed_incremental(self, seq: list[int], start: int) -> torch.Tensor:
+        """:meth:`embed` of positions start .. len(seq) − 1 of the sequence ``seq`` (BLT ids), hashing only
+        those positions' n-grams (:func:`~fastblt.model.hashing.hash_ngram_rows`). Returns [1, T, d]."""
+        cfg = self.cfg
+        lo = max(0, start - max(cfg.hash_ngram_sizes) + 1)
+        rows = hash_ngram_rows(seq[lo:], start - lo, cfg.hash_ngram_sizes, cfg.hash_vocab, cfg.hash_functions)
+        dev = self.encoder_hash_tok_embedding.weight.device
+        ids = torch.tensor([seq[start:]], dtype=torch.long, device=dev)
+        rows_t = torch.tensor([rows], dtype=torch.long, device=dev)
+        return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows_t).sum(-2)
 
     @torch.no_grad()
     def entropies(self, ids: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,15 @@ sequence left-padded with BOE = 0) is hashed with a rolling polynomial hash
 ``Σ_j window[j] · prime^j`` in int64 with silent wrap-around (as the released weights expect),
 then reduced modulo the table size. All (function, n) tables live in one fused embedding; table t
 owns rows [t · vocab, (t + 1) · vocab).
+
+:func:`hash_ngram_ids` hashes whole sequences (tensors); :func:`hash_ngram_rows` hashes only
+given positions in plain Python integers (the same int64 arithmetic), for incremental generation,
+where each new byte needs just its own n-grams.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -15,13 +22,27 @@ PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899
           3628273133, 2860486313, 5463458053, 3367900313)
 
 
+_MASK64, _SIGN64 = (1 << 64) - 1, 1 << 63
+
+
+def _wrap64(x: int) -> int:
+    """x as a two's-complement int64 (what torch's int64 arithmetic wraps to)."""
+    x &= _MASK64
+    return x - (1 << 64) if x & _SIGN64 else x
+
+
+@lru_cache(maxsize=None)
+def _powers(prime: int, n: int) -> tuple[int, ...]:
+    """(prime^0, …, prime^(n−1)) as wrapped int64 values."""
+    out = [1]
+    for _ in range(1, n):
+        out.append(_wrap64(out[-1] * prime))
+    return tuple(out)
+
+
 def _prime_powers(prime: int, n: int, device: torch.device) -> torch.Tensor:
     """[prime^0, …, prime^(n−1)] in int64 with wrap-around."""
-    out = torch.ones(n, dtype=torch.int64, device=device)
-    p = torch.tensor(prime, dtype=torch.int64, device=device)
-    for j in range(1, n):
-        out[j] = out[j - 1] * p
-    return out
+    return torch.tensor(_powers(prime, n), dtype=torch.int64, device=device)
 
 
 def hash_ngram_ids(ids: torch.Tensor, ngram_sizes: tuple[int, ...], vocab: int, n_functions: int = 1) -> torch.Tensor:
@@ -41,3 +62,30 @@ def hash_ngram_ids(ids: torch.Tensor, ngram_sizes: tuple[int, ...], vocab: int, 
             h = (windows * _prime_powers(prime, n, ids.device)).sum(-1)
             cols.append(torch.remainder(h, vocab) + len(cols) * vocab)
     return torch.stack(cols, dim=-1)
+
+
+def hash_ngram_rows(ids: Sequence[int], start: int, ngram_sizes: tuple[int, ...], vocab: int,
+                    n_functions: int = 1) -> list[list[int]]:
+    """Fused-table rows for positions start .. len(ids) − 1 only: equal to
+    ``hash_ngram_ids(torch.tensor([ids]), …)[0, start:].tolist()``, computed in Python integers.
+
+    ids: BLT ids (the n-gram windows read up to max(ngram_sizes) − 1 ids before ``start``; earlier
+    ones may be omitted by passing a suffix and shifting ``start``, since a window left of
+    position 0 reads BOE = 0). Cost per position: Σ n multiply-adds.
+    """
+    out = []
+    for i in range(start, len(ids)):
+        row, t = [], 0
+        for f in range(n_functions):
+            prime = PRIMES[f % len(PRIMES)]
+            for n in ngram_sizes:
+                pw = _powers(prime, n)
+                h = 0  # Σ_j window[j] · prime^j, window oldest first, left-padded with BOE = 0
+                for j in range(n):
+                    p = i - n + 1 + j
+                    if p >= 0:
+                        h += ids[p] * pw[j]
+                row.append(_wrap64(h) % vocab + t * vocab)
+                t += 1
+        out.append(row)
+    return out

@@ -1,8 +1,9 @@
 """Transformer building blocks shared by every BLT component (Llama-3 conventions, BLT §4.7).
 
-RMSNorm, interleaved-pair RoPE (the official BLT convention), SwiGLU, self-attention with an
-optional KV cache, and the patch cross-attention of BLT §3.2–3.3. Attention masks are boolean
-(True = may attend) of shape [B or 1, 1, Q, K].
+RMSNorm, interleaved-pair RoPE (the official BLT convention) with tables built once per stack,
+SwiGLU, self-attention with an optional static KV cache (a ring buffer for sliding-window layers),
+and the patch cross-attention of BLT §3.2–3.3. Attention masks are boolean (True = may attend) of
+shape [B or 1, 1, Q, K].
 """
 from __future__ import annotations
 
@@ -37,6 +38,29 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return freqs.cos().to(dtype)[:, None], freqs.sin().to(dtype)[:, None]
 
 
+class RopeTable:
+    """cos/sin of positions 0 .. size − 1, built once per (device, dtype), indexed per call.
+
+    Bit-identical to :func:`rope_cos_sin` (the same float32 products, then cast). ``size`` is the
+    owner's longest sequence (``BLTConfig.max_seq_len`` plus a margin); a larger position raises
+    IndexError.
+    """
+
+    def __init__(self, head_dim: int, theta: float, size: int):
+        self.head_dim, self.theta, self.size = head_dim, theta, size
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions LongTensor [B, T] → (cos, sin), each [B, 1, T, head_dim / 2] of ``dtype``."""
+        key = (positions.device, dtype)
+        if key not in self._tables:
+            cos, sin = rope_cos_sin(torch.arange(self.size, device=positions.device)[None], self.head_dim,
+                                    self.theta, dtype)
+            self._tables[key] = (cos[0, 0], sin[0, 0])  # [size, head_dim / 2]
+        cos, sin = self._tables[key]
+        return cos[positions][:, None], sin[positions][:, None]
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, H, T, D] by the position angle."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -44,38 +68,107 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Growable per-layer key/value cache for one attention module.
+    """Static key/value cache of one self-attention layer (gpt-fast style), allocated on the first
+    append for that call's batch size, head count, dtype and device.
 
-    Holds keys and values [B, H_kv, L, D] for the positions seen so far. ``crop(n)`` rolls back to
-    the first n positions (used by speculative verification and diffusion blocks).
+    Full-attention layers (``window`` None) keep every position in one buffer of ``capacity``
+    positions (default: the first call's length, at least 64; doubled when a call needs more —
+    give the expected length to allocate once).
+
+    Sliding-window layers keep a ring of R = window + slack slots: position p lives in slot p mod R,
+    mirrored in slot p mod R + R, so that any run of ≤ R consecutive positions is one contiguous
+    slice in position order. Memory stays flat however long the sequence grows, and each call
+    returns only the keys its queries can see, in order: positions ``first_key(t)`` .. length − 1.
+    A call of t ≤ slack new positions writes them into the ring and reads one slice; a longer call
+    (a prefill) reads the previous window − 1 positions, appends the new ones, and keeps the last R.
+    Attention over these keys is the full-cache computation restricted to the keys its mask admits.
+
+    ``length``: positions held (the next append starts there). ``crop(n)`` rolls back to the first n
+    positions. A ring can roll back only while positions n − window + 1 .. n − 1 are still held:
+    at most ``slack`` positions behind the furthest write (ValueError otherwise).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None, capacity: int | None = None, slack: int | None = None):
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.window = window
+        self.slack = (window if slack is None else slack) if window is not None else 0
+        if window is not None and self.slack < 1:
+            raise ValueError(f"slack must be >= 1, got {self.slack}")
+        self.ring = window + self.slack if window is not None else None  # R
+        self.capacity = capacity
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.length = 0
+        self.hi = -1  # furthest position ever written
+
+    def first_key(self, t: int) -> int:
+        """Absolute position of the first key that the next ``append`` of t positions returns."""
+        return 0 if self.window is None else max(0, self.length - self.window + 1)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add keys/values [B, H_kv, t, D] at positions length .. length + t − 1.
+
+        Returns keys and values [B, H_kv, K, D] of positions first_key(t) .. length + t − 1 (the
+        cache's own storage when possible: read them before the next append).
+        """
         t = k.shape[2]
+        if self.window is None:
+            return self._append_full(k, v, t)
+        lo, end = self.length, self.length + t  # new positions lo .. end − 1
+        a, r = self.first_key(t), self.ring
         if self.k is None:
-            cap = max(64, 2 * t)
-            self.k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
-            self.v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
-        elif self.length + t > self.k.shape[2]:
-            cap = max(2 * self.k.shape[2], self.length + t)
-            nk = self.k.new_empty(self.k.shape[0], self.k.shape[1], cap, self.k.shape[3])
-            nv = self.v.new_empty(*nk.shape)
-            nk[:, :, : self.length] = self.k[:, :, : self.length]
-            nv[:, :, : self.length] = self.v[:, :, : self.length]
+            shape = (k.shape[0], k.shape[1], 2 * r, k.shape[3])
+            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
+        if t <= self.slack:
+            self._write(k, v, lo)
+            s = a % r
+            out = self.k[:, :, s:s + end - a], self.v[:, :, s:s + end - a]
+        else:
+            s = a % r
+            out = (torch.cat([self.k[:, :, s:s + lo - a], k], 2), torch.cat([self.v[:, :, s:s + lo - a], v], 2))
+            m = min(t, r)
+            self._write(k[:, :, t - m:], v[:, :, t - m:], end - m)
+        self.length, self.hi = end, max(self.hi, end - 1)
+        return out
+
+    def _write(self, k: torch.Tensor, v: torch.Tensor, p0: int) -> None:
+        """Store m ≤ R consecutive positions p0 .. p0 + m − 1 in their slots and mirror slots."""
+        r, m = self.ring, k.shape[2]
+        s = p0 % r
+        for buf, x in ((self.k, k), (self.v, v)):
+            buf[:, :, s:s + m] = x
+            if s + m <= r:
+                buf[:, :, s + r:s + r + m] = x
+            else:  # the run crosses slot R: its head is mirrored up, its tail down
+                buf[:, :, s + r:] = x[:, :, :r - s]
+                buf[:, :, :s + m - r] = x[:, :, r - s:]
+
+    def _append_full(self, k: torch.Tensor, v: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + t
+        if self.k is None or end > self.k.shape[2]:
+            cap = max(self.capacity or 0, 64, 2 * t) if self.k is None else max(2 * self.k.shape[2], end)
+            nk = k.new_zeros(k.shape[0], k.shape[1], cap, k.shape[3])
+            nv = v.new_zeros(*nk.shape)
+            if self.k is not None:
+                nk[:, :, :self.length] = self.k[:, :, :self.length]
+                nv[:, :, :self.length] = self.v[:, :, :self.length]
             self.k, self.v = nk, nv
-        self.k[:, :, self.length : self.length + t] = k
-        self.v[:, :, self.length : self.length + t] = v
-        self.length += t
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length, self.hi = end, max(self.hi, end - 1)
+        return self.k[:, :, :end], self.v[:, :, :end]
 
     def crop(self, n: int) -> None:
+        """Keep positions 0 .. n − 1. Raises ValueError for n outside [0, length] or, for a ring,
+        when positions the next query needs were overwritten (a rollback of more than ``slack``)."""
         if n < 0 or n > self.length:
             raise ValueError(f"cannot crop a cache of {self.length} positions to {n}")
+        if self.window is not None and max(0, n - self.window + 1) <= self.hi - self.ring:
+            raise ValueError(f"cannot roll back a sliding-window cache from position {self.hi} to {n}: its ring of "
+                             f"{self.ring} slots (window {self.window} + slack {self.slack}) no longer holds "
+                             f"positions {max(0, n - self.window + 1)}..{n - 1}; drafts and blocks must stay "
+                             f"within the slack")
         self.length = n
 
 
@@ -85,14 +178,14 @@ def _fix_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     return mask | empty if bool(empty.any()) else mask
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Scaled dot-product attention with grouped KV heads. q [B,H,Q,D], k/v [B,Hkv,K,D], mask bool."""
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    if mask is not None:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              fix_empty: bool = True) -> torch.Tensor:
+    """Scaled dot-product attention with grouped KV heads. q [B,H,Q,D], k/v [B,Hkv,K,D], mask bool
+    [B or 1, 1, Q, K] or None (every key visible). fix_empty: guard against fully masked rows
+    (callers whose masks always admit a key, e.g. causal masks, skip the check)."""
+    if mask is not None and fix_empty:
         mask = _fix_empty_rows(mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class SelfAttention(nn.Module):
@@ -106,6 +199,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 cache: KVCache | None = None) -> torch.Tensor:
+        """x [B, T, dim]; rope (cos, sin) [B or 1, 1, T, head_dim / 2]; mask bool [B or 1, 1, T, K] over
+        the keys this call sees (with a cache: positions ``cache.first_key(T)`` .. end) or None."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
@@ -158,12 +253,22 @@ class CrossAttention(nn.Module):
         self.q_norm = RMSNorm(dim, eps)
         self.k_norm = RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.q_proj(self.q_norm(x)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+    def project_kv(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, H, M, head_dim] of the vectors kv [B, M, dim] (normalised, projected).
+        Cached generation projects each latent once and passes the pair to :meth:`forward`."""
+        b = kv.shape[0]
         kvn = self.k_norm(kv)
         k = self.k_proj(kvn).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(kvn).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, T, dim] queries; kv [B, M, dim] vectors, or their :meth:`project_kv` pair; mask bool
+        [B or 1, 1, T, M] or None. Returns x + attention output, [B, T, dim]."""
+        b, t, _ = x.shape
+        q = self.q_proj(self.q_norm(x)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.project_kv(kv) if isinstance(kv, torch.Tensor) else kv
         out = attention(q, k, v, mask)
         return x + self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 

@@ -1,0 +1,131 @@
+"""Static KV caches: ring buffers for sliding-window layers equal the full-cache computation,
+RoPE tables equal the direct formula, incremental hash n-grams equal the batch ones."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import fastblt
+from fastblt.config import BOS_ID
+from fastblt.generation import BLTState, generate
+from fastblt.generation.api import prompt_ids
+from fastblt.model.layers import KVCache, RopeTable, attention, causal_window_mask, rope_cos_sin
+
+torch.set_num_threads(1)
+
+
+def _reference(keys: torch.Tensor, vals: torch.Tensor, q: torch.Tensor, lo: int, window: int | None) -> torch.Tensor:
+    """Attention of queries at positions lo .. lo + T − 1 over the full key list 0 .. lo + T − 1."""
+    t, n = q.shape[2], keys.shape[2]
+    mask = causal_window_mask(torch.arange(lo, lo + t)[None], torch.arange(n)[None], window)
+    return attention(q, keys, vals, mask)
+
+
+@pytest.mark.parametrize("window,slack", [(8, 1), (8, 3), (5, 8), (None, None)])
+def test_ring_cache_matches_the_full_cache_under_appends_and_rollbacks(window, slack):
+    rng = random.Random(0)
+    g = torch.Generator().manual_seed(0)
+    cache = KVCache(window, capacity=4, slack=slack)
+    keys = torch.empty(1, 2, 0, 4)
+    vals = torch.empty(1, 2, 0, 4)
+    rolled = 0
+    for step in range(300):
+        if step and rng.random() < 0.3:  # roll back as far as the ring allows
+            back = rng.randint(0, slack if slack is not None else 20)
+            n = max(0, cache.length - back, cache.hi - (slack or 0))
+            cache.crop(n)
+            keys, vals = keys[:, :, :n], vals[:, :, :n]
+            rolled += 1
+        t = rng.choice([1, 1, 1, 2, 3, 7, 20])
+        k, v, q = (torch.randn(1, 2, t, 4, generator=g) for _ in range(3))
+        lo = cache.length
+        first = cache.first_key(t)
+        ck, cv = cache.append(k, v)
+        keys, vals = torch.cat([keys, k], 2), torch.cat([vals, v], 2)
+        assert ck.shape[2] == lo + t - first
+        mask = causal_window_mask(torch.arange(lo, lo + t)[None], torch.arange(first, lo + t)[None], window)
+        got = attention(q, ck, cv, mask)
+        assert torch.allclose(got, _reference(keys, vals, q, lo, window), atol=1e-6)
+    assert rolled > 50 and cache.length > 100
+    if window is not None:
+        assert cache.k.shape[2] == 2 * (window + slack)  # flat memory
+
+
+def test_ring_cache_refuses_a_rollback_past_its_slack():
+    cache = KVCache(window=4, slack=2)
+    for _ in range(20):
+        cache.append(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    cache.crop(17)  # two positions behind the furthest write (19): positions 14..16 still held
+    with pytest.raises(ValueError, match="slack"):
+        cache.crop(16)
+
+
+def test_rope_table_equals_the_formula():
+    table = RopeTable(16, 500000.0, 300)
+    pos = torch.tensor([[0, 5, 17, 299], [3, 3, 200, 1]])
+    for dtype in (torch.float32, torch.bfloat16):
+        cos, sin = table(pos, dtype)
+        ref_cos, ref_sin = rope_cos_sin(pos, 16, 500000.0, dtype)
+        assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+
+
+def _tiny() -> fastblt.BLT:
+    torch.manual_seed(0)
+    m = fastblt.BLT(fastblt.preset("tiny")).eval()
+    g = torch.Generator().manual_seed(99)
+    ids = torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(4, 260, (1, 200), generator=g)], 1)
+    m.cfg.patching.threshold = float(m.entropies(ids).median())
+    return m
+
+
+def test_cached_logits_past_the_ring_match_the_full_forward():
+    """300 bytes through window-64 caches (rings of 128 slots wrap twice), one byte at a time and in
+    chunks with rollbacks: logits equal the uncached forward."""
+    m = _tiny()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.cat([torch.tensor([[BOS_ID]]), torch.randint(4, 260, (1, 300), generator=g)], 1)
+    with torch.no_grad():
+        full = m(ids)
+        state = BLTState(m)
+        rows = [state.extend(ids[0, :10].tolist())] + [state.extend([int(t)]) for t in ids[0, 10:]]
+        assert (torch.cat(rows, 1) - full).abs().max().item() <= 1e-4
+        state = BLTState(m)
+        state.extend(ids[0, :250].tolist())  # a prefill longer than the ring
+        state.rollback(240)
+        chunks = [state.extend(ids[0, i:i + 9].tolist()) for i in range(240, ids.shape[1], 9)]
+        assert (torch.cat(chunks, 1) - full[:, 240:]).abs().max().item() <= 1e-4
+
+
+def test_long_greedy_generation_stays_equal_to_uncached():
+    m = _tiny()
+    out = generate(m, b"ring", max_new_bytes=260, ignore_eos=True)
+    ref = generate(m, b"ring", method="blt-uncached", max_new_bytes=260, ignore_eos=True)
+    assert out.bytes == ref.bytes
+    for k in (4, 16):
+        assert generate(m, b"ring", method="blt-s", draft_length=k, max_new_bytes=260, ignore_eos=True).bytes == ref.bytes
+    assert len(prompt_ids(b"ring")) + 260 > 2 * m.cfg.decoder.window
+
+
+def test_incremental_hash_rows_equal_the_batch_hash():
+    from fastblt.model.hashing import hash_ngram_ids, hash_ngram_rows
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.cat([torch.tensor([[BOS_ID]]), torch.randint(0, 262, (1, 40), generator=g)], 1)
+    for sizes, vocab, nf in (((3, 4, 5, 6, 7, 8), 500002, 1), ((3, 4), 257, 3), ((1, 2, 8), 4096, 2)):
+        full = hash_ngram_ids(ids, sizes, vocab, nf)[0].tolist()
+        seq = ids[0].tolist()
+        assert hash_ngram_rows(seq, 0, sizes, vocab, nf) == full
+        for i in (1, 7, 20, 40):  # a suffix that keeps the longest window gives the same rows
+            lo = max(0, i - max(sizes) + 1)
+            assert hash_ngram_rows(seq[lo:i + 1], i - lo, sizes, vocab, nf) == [full[i]]
+
+
+def test_incremental_embedding_equals_the_batch_embedding():
+    m = _tiny()
+    seq = [BOS_ID] + [(7 * i) % 256 + 4 for i in range(30)]
+    full = m.embed(torch.tensor([seq]))
+    for start in (0, 1, 5, 29):
+        assert torch.equal(m.embed_incremental(seq[:start + 1], start), full[:, start:start + 1])
+    assert torch.equal(m.embed_incremental(seq, 10), full[:, 10:])
