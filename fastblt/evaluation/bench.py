@@ -466,6 +466,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--diversity-bytes", type=int, default=1024, help="bytes per sample (default 1024, the paper's 1k)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the study (default 1.0)")
     g.add_argument("--top-p", type=float, default=0.9, help="nucleus top-p of the study (default 0.9; 1 = off)")
+    p.add_argument("--roofline", action="store_true",
+                   help="instead of the tasks: measure this machine's matmul FLOP/s and copy bandwidth, and each "
+                        "method's achieved FLOP/s and weight bytes/s, for --model and the 1b preset (roofline.md)")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only rewrite results.md and pareto.png next to an existing results.json")
 
@@ -647,6 +650,10 @@ def run_diversity(args: argparse.Namespace, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.roofline:
+        from .roofline import run_roofline
+
+        return run_roofline(args)
     if args.render:
         return _render(Path(args.render))
     if args.device == "cuda" and not torch.cuda.is_available():
