@@ -19,7 +19,7 @@ from .stopping import Context
 
 def generate_blt(model: BLT, ids: list[int], ctx: Context) -> None:
     """Cached BLT. ids: BOS + prompt byte ids; emits into ``ctx.out`` until it is done."""
-    state = BLTState(model, ctx.counters)
+    state = BLTState(model, ctx.counters, capacity=len(ids) + ctx.out.remaining)
     logits = state.extend(ids)
     while True:
         nxt = ctx.sampler.pick(logits[:, -1])

@@ -72,8 +72,12 @@ class NonFiniteLogitsError(RuntimeError):
     """The model produced NaN/inf logits: its weights or numerics are broken (never turned into EOS)."""
 
 
+_BIAS: dict[tuple[int, torch.device, bool], torch.Tensor] = {}
+
+
 def suppress(logits: torch.Tensor, ignore_eos: bool = False) -> torch.Tensor:
-    """Copy of logits [..., 260] with the non-byte specials (BOE, BOS, BPE; and EOS if ignore_eos) at −inf.
+    """Copy of logits [..., V] (float32) with the non-byte specials (BOE, BOS, BPE; and EOS if
+    ignore_eos) at −inf: one addition of a cached bias row (0 elsewhere, so other values are unchanged).
 
     Every byte decision goes through here. Raises NonFiniteLogitsError if any logit is NaN or ±inf
     (the argmax of all-NaN logits would otherwise be id 0 and end generation silently).
@@ -82,9 +86,13 @@ def suppress(logits: torch.Tensor, ignore_eos: bool = False) -> torch.Tensor:
         raise NonFiniteLogitsError(
             "the model produced non-finite logits (NaN/inf): its weights are broken (was it loaded with "
             f"check_weights=False?) or its dtype ({logits.dtype}) overflowed")
-    out = logits.float().clone()
-    out[..., list(SUPPRESSED_IDS) + ([EOS_ID] if ignore_eos else [])] = float("-inf")
-    return out
+    key = (logits.shape[-1], logits.device, bool(ignore_eos))
+    bias = _BIAS.get(key)
+    if bias is None:
+        bias = torch.zeros(logits.shape[-1], device=logits.device)
+        bias[list(SUPPRESSED_IDS) + ([EOS_ID] if ignore_eos else [])] = float("-inf")
+        _BIAS[key] = bias
+    return logits.float() + bias
 
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.blt import BLT
-from ..model.layers import KVCache, causal_window_mask
+from ..model.layers import KVCache
 from ..patching import patches as P
 
 
@@ -55,14 +55,28 @@ def _crop(caches: list[KVCache], n: int) -> None:
         c.crop(min(n, c.length))
 
 
+def _reserve(buf: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """``buf`` if it holds n entries along ``dim``, else a zero-filled copy with twice the room."""
+    if buf.shape[dim] >= n:
+        return buf
+    shape = list(buf.shape)
+    shape[dim] = max(n, 2 * shape[dim])
+    out = buf.new_zeros(shape)
+    out.narrow(dim, 0, buf.shape[dim]).copy_(buf)
+    return out
+
+
 class BLTState:
     """Cached incremental BLT for one sequence. See the module docstring for the frontiers.
 
-    model: a :class:`BLT` in eval mode; counters: shared :class:`Counters` (a new one if None).
-    Call under ``torch.inference_mode()`` or ``torch.no_grad()``.
+    model: a :class:`BLT` in eval mode; counters: shared :class:`Counters` (a new one if None);
+    capacity: the longest sequence expected (bytes): the byte states, the latents and the global
+    KV caches are preallocated for it (and grow by doubling past it). The sliding-window
+    components keep ring-buffer caches whose size does not depend on the sequence
+    (:class:`~fastblt.model.layers.KVCache`). Call under ``torch.inference_mode()`` or ``torch.no_grad()``.
     """
 
-    def __init__(self, model: BLT, counters: Counters | None = None):
+    def __init__(self, model: BLT, counters: Counters | None = None, capacity: int = 1024):
         self.model, self.cfg = model, model.cfg
         self.counters = counters if counters is not None else Counters()
         p = next(model.parameters())
@@ -73,16 +87,45 @@ class BLTState:
         self.entropies: list[float] = []  # H_j for j < n_pat (entropy mode)
         self.starts_idx: list[int] = [0]  # columns j <= n_pat with starts[j] = True
         self.n_pat = self.n_enc = self.n_glob = self.n_dec = 0
-        self.h = torch.empty(1, 0, self.cfg.encoder.dim, device=self.device, dtype=self.dtype)
-        self.kv = torch.empty(1, 0, self.cfg.decoder.dim, device=self.device, dtype=self.dtype)
+        cap_p = capacity // 4 + 16  # patches; grown by doubling if the patches are shorter than 4 bytes
+        zeros = dict(device=self.device, dtype=self.dtype)
+        self._h = torch.zeros(1, capacity, self.cfg.encoder.dim, **zeros)  # byte states, [:, :n_enc] valid
+        self._kv = torch.zeros(1, cap_p * self.k, self.cfg.decoder.dim, **zeros)  # latent vectors
+        dec = self.cfg.decoder
+        # each decoder cross-attention layer's keys and values of every computed latent's vectors
+        self._xkv = [(torch.zeros(1, dec.n_heads, cap_p * self.k, dec.head_dim, **zeros),
+                      torch.zeros(1, dec.n_heads, cap_p * self.k, dec.head_dim, **zeros))
+                     for _ in model.local_decoder.cross_attn_layers]
+        self._draft_kv: tuple[torch.Tensor, list] | None = None  # (vectors, their projections) of the last draft latent
         self.ent_caches = model.patcher.new_caches() if model.patcher is not None else []
         self.enc_caches = model.local_encoder.new_caches()
-        self.glob_caches = model.global_transformer.new_caches()
+        self.glob_caches = model.global_transformer.new_caches(capacity=cap_p)
         self.dec_caches = model.local_decoder.new_caches()
 
     # ------------------------------------------------------------------ helpers
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def h(self) -> torch.Tensor:
+        """Local-encoder byte states of bytes 0 .. n_enc − 1: [1, n_enc, d_local] (a view)."""
+        return self._h[:, :self.n_enc]
+
+    @property
+    def kv(self) -> torch.Tensor:
+        """Decoder cross-attention vectors of the computed latents: [1, n_glob · k, d_local] (a view)."""
+        return self._kv[:, :self.n_glob * self.k]
+
+    def _cross_kv(self, lo: int, hi: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder cross-attention layer's keys/values of latents lo .. hi − 1 (views)."""
+        a, b = lo * self.k, hi * self.k
+        return [(k[:, :, a:b], v[:, :, a:b]) for k, v in self._xkv]
+
+    def _draft_cross_kv(self, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Projections of caller-given latent vectors, computed once per tensor (a draft reuses it)."""
+        if self._draft_kv is None or self._draft_kv[0] is not kv:
+            self._draft_kv = (kv, self.model.local_decoder.cross_kv(kv))
+        return self._draft_kv[1]
 
     @property
     def n_closed(self) -> int:
@@ -136,10 +179,10 @@ class BLTState:
         lo = self.n_enc
         if upto <= lo:
             return
-        hist = self.ids[max(0, lo - self.history):lo]
-        x = self.model.embed(self._tensor(self.ids[lo:upto]), history=self._tensor(hist) if hist else None)
+        x = self.model.embed_incremental(self.ids, lo, upto)  # only the new bytes' hash n-grams
         h = self.model.local_encoder(x, self._positions(lo, upto), self.enc_caches)
-        self.h = torch.cat([self.h, h], dim=1)
+        self._h = _reserve(self._h, upto, 1)
+        self._h[:, lo:upto] = h
         self.n_enc = upto
         self.counters.encoder_steps += 1
 
@@ -168,7 +211,14 @@ class BLTState:
             latents = self.model.global_transformer(vecs, caches=self.glob_caches)
             self.counters.global_nfe += 1
             kv = self.model.local_decoder.latent_vectors(latents)
-            self.kv = torch.cat([self.kv, kv[:, :(hi_p - lo_p) * self.k]], dim=1)
+            a, b = lo_p * self.k, hi_p * self.k
+            if b > a:
+                self._kv = _reserve(self._kv, b, 1)
+                self._kv[:, a:b] = kv[:, :b - a]
+                for i, (k_new, v_new) in enumerate(self.model.local_decoder.cross_kv(kv[:, :b - a])):
+                    k_buf, v_buf = _reserve(self._xkv[i][0], b, 2), _reserve(self._xkv[i][1], b, 2)
+                    k_buf[:, :, a:b], v_buf[:, :, a:b] = k_new, v_new
+                    self._xkv[i] = (k_buf, v_buf)
             self.n_glob = hi_p
             if with_open:
                 _crop(self.glob_caches, hi_p)
@@ -194,14 +244,15 @@ class BLTState:
             first, last = rows[0], rows[-1]
             if last >= self.n_glob:
                 raise RuntimeError("close the patches before decoding")
-            kv = self.kv[:, first * self.k:(last + 1) * self.k]
+            xkv = self._cross_kv(first, last + 1)
             if last > first:
                 rel = torch.tensor(rows, device=self.device) - first
                 kv_patch = torch.arange(last - first + 1, device=self.device).repeat_interleave(self.k)
                 cross = (rel[:, None] == kv_patch[None, :])[None, None]
-        pos = self._positions(lo, upto)
-        self_mask = causal_window_mask(pos, self._positions(0, upto), self.cfg.decoder.window)
-        out = self.model.local_decoder(self.h[:, lo:upto], pos, self_mask, kv, cross, self.dec_caches)
+        else:
+            xkv = self._draft_cross_kv(kv)
+        pos = self._positions(lo, upto)  # self mask: the causal window rule, built over the cached keys
+        out = self.model.local_decoder(self.h[:, lo:upto], pos, None, xkv, cross, self.dec_caches)
         self.n_dec = upto
         self.counters.decoder_nfe += 1
         return self.model.lm_head(out).float()
@@ -235,10 +286,8 @@ class BLTState:
         self.starts_idx = self.starts_idx[:bisect_right(self.starts_idx, self.n_pat)]
         _crop(self.ent_caches, self.n_pat if self.cfg.patching.mode == "entropy" else 0)
         self.n_enc = min(self.n_enc, n)
-        self.h = self.h[:, :self.n_enc]
         _crop(self.enc_caches, self.n_enc)
         self.n_glob = min(self.n_glob, self.n_closed)
-        self.kv = self.kv[:, :self.n_glob * self.k]
         _crop(self.glob_caches, self.n_glob)
         self.crop_decoder(n)
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..config import VOCAB_SIZE, BLTConfig, StackConfig
 from ..patching import patches as P
 from .hashing import hash_ngram_ids, hash_ngram_rows
-from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask
+from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask, fix_empty_rows
 
 
 ROPE_MARGIN = 1024  # positions past max_seq_len a stack's RoPE table covers (BLT-D slots after the last byte)
@@ -52,8 +52,9 @@ class Stack(nn.Module):
         self.rope = RopeTable(cfg.head_dim, cfg.rope_theta, max_positions)
 
     def run_layers(self, x, positions, mask, caches=None):
-        """x [B, T, dim] at ``positions`` [B, T]; mask over the keys each layer sees (see SelfAttention)."""
-        rope = self.rope(positions, x.dtype)
+        """x [B, T, dim] at ``positions`` [B, T]; mask over the keys each layer sees (see SelfAttention;
+        built by :func:`_self_mask`, so no row is fully masked)."""
+        rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, caches[i] if caches is not None else None)
         return x
@@ -198,9 +199,11 @@ class LocalDecoder(Stack):
         """
         if self_mask is None:
             self_mask = _self_mask(positions, caches, self.cfg.window)
-        elif caches:  # a sliding-window cache returns only the keys from first_key on
-            self_mask = self_mask[..., caches[0].first_key(h.shape[1]):]
-        rope = self.rope(positions, h.dtype)
+        else:  # a sliding-window cache returns only the keys from first_key on
+            if caches:
+                self_mask = self_mask[..., caches[0].first_key(h.shape[1]):]
+            self_mask = fix_empty_rows(self_mask)
+        rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.all_layers:
                 x_kv = kv if isinstance(kv, torch.Tensor) else kv[i]
@@ -257,14 +260,16 @@ class BLT(nn.Module):
         rows = rows[:, full.shape[1] - ids.shape[1]:]
         return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows).sum(-2)
 
-    def embed_incremental(self, seq: list[int], start: int) -> torch.Tensor:
-        """:meth:`embed` of positions start .. len(seq) − 1 of the sequence ``seq`` (BLT ids), hashing only
-        those positions' n-grams (:func:`~fastblt.model.hashing.hash_ngram_rows`). Returns [1, T, d]."""
+    def embed_incremental(self, seq: list[int], start: int, end: int | None = None) -> torch.Tensor:
+        """:meth:`embed` of positions start .. end − 1 (default: to the end) of the sequence ``seq`` (BLT
+        ids), hashing only those positions' n-grams (:func:`~fastblt.model.hashing.hash_ngram_rows`).
+        Returns [1, T, d]."""
         cfg = self.cfg
+        end = len(seq) if end is None else end
         lo = max(0, start - max(cfg.hash_ngram_sizes) + 1)
-        rows = hash_ngram_rows(seq[lo:], start - lo, cfg.hash_ngram_sizes, cfg.hash_vocab, cfg.hash_functions)
+        rows = hash_ngram_rows(seq[lo:end], start - lo, cfg.hash_ngram_sizes, cfg.hash_vocab, cfg.hash_functions)
         dev = self.encoder_hash_tok_embedding.weight.device
-        ids = torch.tensor([seq[start:]], dtype=torch.long, device=dev)
+        ids = torch.tensor([seq[start:end]], dtype=torch.long, device=dev)
         rows_t = torch.tensor([rows], dtype=torch.long, device=dev)
         return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows_t).sum(-2)
 

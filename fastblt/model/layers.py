@@ -4,6 +4,10 @@ RMSNorm, interleaved-pair RoPE (the official BLT convention) with tables built o
 SwiGLU, self-attention with an optional static KV cache (a ring buffer for sliding-window layers),
 and the patch cross-attention of BLT §3.2–3.3. Attention masks are boolean (True = may attend) of
 shape [B or 1, 1, Q, K].
+
+Decoding one byte runs ~60 small matmuls, so Python overhead per call matters: inside a block,
+projections are ``F.linear`` on the weights and sub-modules are entered through ``.forward``
+(forward hooks fire on blocks and larger modules, not on a block's norms and linears).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused kernel, same formula
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -39,32 +45,35 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 class RopeTable:
-    """cos/sin of positions 0 .. size − 1, built once per (device, dtype), indexed per call.
+    """Rotations e^{i·θ_j·p} of positions p = 0 .. size − 1 as complex64 [size, head_dim / 2], built once
+    per device and indexed per call: ``freqs.real`` / ``freqs.imag`` equal :func:`rope_cos_sin` in float32.
 
-    Bit-identical to :func:`rope_cos_sin` (the same float32 products, then cast). ``size`` is the
-    owner's longest sequence (``BLTConfig.max_seq_len`` plus a margin); a larger position raises
-    IndexError.
+    ``size`` is the owner's longest sequence (``BLTConfig.max_seq_len`` plus a margin); a larger
+    position raises IndexError.
     """
 
     def __init__(self, head_dim: int, theta: float, size: int):
         self.head_dim, self.theta, self.size = head_dim, theta, size
-        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[torch.device, torch.Tensor] = {}
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions LongTensor [B, T] → (cos, sin), each [B, 1, T, head_dim / 2] of ``dtype``."""
-        key = (positions.device, dtype)
-        if key not in self._tables:
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions LongTensor [B, T] → complex64 rotations [B, 1, T, head_dim / 2]."""
+        table = self._tables.get(positions.device)
+        if table is None:
             cos, sin = rope_cos_sin(torch.arange(self.size, device=positions.device)[None], self.head_dim,
-                                    self.theta, dtype)
-            self._tables[key] = (cos[0, 0], sin[0, 0])  # [size, head_dim / 2]
-        cos, sin = self._tables[key]
-        return cos[positions][:, None], sin[positions][:, None]
+                                    self.theta, torch.float32)
+            table = self._tables[positions.device] = torch.complex(cos[0, 0], sin[0, 0])
+        return table[positions][:, None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, H, T, D] by the position angle."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x [B, H, T, D] by the position angle: the pair as a
+    complex number times freqs [B or 1, 1, T, D / 2] (:class:`RopeTable`), computed in float32."""
+    if torch.compiler.is_compiling():  # inductor generates no code for complex ops: the same product in reals
+        x1, x2, cos, sin = x[..., 0::2].float(), x[..., 1::2].float(), freqs.real, freqs.imag
+        return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
 
 
 class KVCache:
@@ -172,7 +181,7 @@ class KVCache:
         self.length = n
 
 
-def _fix_empty_rows(mask: torch.Tensor) -> torch.Tensor:
+def fix_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     """Let fully masked query rows attend everywhere (their output is never read), avoiding NaNs."""
     empty = ~mask.any(-1, keepdim=True)
     return mask | empty if bool(empty.any()) else mask
@@ -184,7 +193,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     [B or 1, 1, Q, K] or None (every key visible). fix_empty: guard against fully masked rows
     (callers whose masks always admit a key, e.g. causal masks, skip the check)."""
     if mask is not None and fix_empty:
-        mask = _fix_empty_rows(mask)
+        mask = fix_empty_rows(mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
@@ -197,19 +206,21 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None = None) -> torch.Tensor:
-        """x [B, T, dim]; rope (cos, sin) [B or 1, 1, T, head_dim / 2]; mask bool [B or 1, 1, T, K] over
-        the keys this call sees (with a cache: positions ``cache.first_key(T)`` .. end) or None."""
+        """x [B, T, dim]; rope: complex rotations [B or 1, 1, T, head_dim / 2] (:class:`RopeTable`); mask
+        bool [B or 1, 1, T, K] over the keys this call sees (with a cache: positions
+        ``cache.first_key(T)`` .. end) or None. Every query row must admit at least one key (the
+        stacks fix fully masked rows once per call, :func:`fix_empty_rows`)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = F.linear(x, self.q_proj.weight).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = F.linear(x, self.k_proj.weight).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = F.linear(x, self.v_proj.weight).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
             k, v = cache.append(k, v)
-        out = attention(q, k, v, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        out = attention(q, k, v, mask, fix_empty=False)
+        return F.linear(out.transpose(1, 2).reshape(b, t, -1), self.o_proj.weight)
 
 
 class SwiGLU(nn.Module):
@@ -220,7 +231,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return F.linear(F.silu(F.linear(x, self.gate_proj.weight)) * F.linear(x, self.up_proj.weight),
+                        self.down_proj.weight)
 
 
 class Block(nn.Module):
@@ -234,8 +246,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, rope, mask, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.self_attn.forward(self.input_layernorm.forward(x), rope, mask, cache)
+        return x + self.mlp.forward(self.post_attention_layernorm.forward(x))
 
 
 class CrossAttention(nn.Module):
@@ -257,9 +269,9 @@ class CrossAttention(nn.Module):
         """Keys and values [B, H, M, head_dim] of the vectors kv [B, M, dim] (normalised, projected).
         Cached generation projects each latent once and passes the pair to :meth:`forward`."""
         b = kv.shape[0]
-        kvn = self.k_norm(kv)
-        k = self.k_proj(kvn).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(kvn).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
+        kvn = self.k_norm.forward(kv)
+        k = F.linear(kvn, self.k_proj.weight).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
+        v = F.linear(kvn, self.v_proj.weight).view(b, -1, self.n_heads, self.head_dim).transpose(1, 2)
         return k, v
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
@@ -267,10 +279,10 @@ class CrossAttention(nn.Module):
         """x [B, T, dim] queries; kv [B, M, dim] vectors, or their :meth:`project_kv` pair; mask bool
         [B or 1, 1, T, M] or None. Returns x + attention output, [B, T, dim]."""
         b, t, _ = x.shape
-        q = self.q_proj(self.q_norm(x)).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        q = F.linear(self.q_norm.forward(x), self.q_proj.weight).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.project_kv(kv) if isinstance(kv, torch.Tensor) else kv
         out = attention(q, k, v, mask)
-        return x + self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        return x + F.linear(out.transpose(1, 2).reshape(b, t, -1), self.o_proj.weight)
 
 
 def causal_window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
