@@ -1,7 +1,9 @@
-"""Static KV caches: ring buffers for sliding-window layers equal the full-cache computation,
-RoPE tables equal the direct formula, incremental hash n-grams equal the batch ones."""
+"""Lean decoding: static KV caches (ring buffers for sliding-window layers equal the full-cache
+computation), RoPE tables and incremental hash n-grams equal the direct formulas, the --compile
+fallback, and the roofline's eq. 8 accounting."""
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -132,3 +134,35 @@ def test_incremental_embedding_equals_the_batch_embedding():
     for start in (0, 1, 5, 29):
         assert torch.equal(m.embed_incremental(seq[:start + 1], start), full[:, start:start + 1])
     assert torch.equal(m.embed_incremental(seq, 10), full[:, 10:])
+
+
+def test_compile_without_a_compiler_warns_and_stays_eager(monkeypatch, capsys):
+    import fastblt.model.compile as C
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(C.shutil, "which", lambda name: None)
+    m = _tiny()
+    forward = m.local_decoder.forward
+    assert C.compile_for_decoding(m) is False
+    assert "C++ compiler" in capsys.readouterr().err
+    assert m.local_decoder.forward == forward
+
+
+def test_roofline_rows_follow_eq8_on_a_tiny_model():
+    from fastblt.evaluation import roofline as R
+
+    m = fastblt.BLT(fastblt.preset("tiny", diffusion_block_size=4)).eval()
+    limits = {"matmul_flops": {"float32": 1e9}, "copy_bandwidth": 1e9, "read_bandwidth": 1e9,
+              "device": "cpu", "threads": 1}
+    rows = [R.measure_method(m, meth, 12, limits) for meth in R.methods_for(m)]
+    for r in rows:
+        res = generate(m, R.PROMPT, method=r["method"], max_new_bytes=12, ignore_eos=True,
+                       **{k: v for k, v in r.items() if k in ("draft_length", "unmask", "alpha")})
+        # fp32 weights: b = 4 bytes per parameter, twice eq. 8's 16-bit estimate
+        assert math.isclose(r["eq8_bytes"], 2 * res.stats["est_bandwidth_gb"] * 1e9, rel_tol=1e-9)
+        assert r["matmul_flop"] > 0 and r["weight_bytes_per_second"] > 0
+    check = R.eq8_check(rows)
+    assert check is not None and check["predicted_speedup"] > 1
+    doc = {"limits": limits, "models": [{"name": "tiny", "dtype": "float32", "new_bytes": 12, "methods": rows,
+                                         "decoder_step": R.decode_step(m, 3, limits), "eq8_check": check}]}
+    assert "Eq. 8 predicts" in R.markdown(doc)

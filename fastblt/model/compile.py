@@ -1,0 +1,56 @@
+"""Optional ``torch.compile`` of a BLT's four components for incremental decoding (``--compile``).
+
+Each decoding step calls the entropy model, the local encoder, the local decoder and, when a patch
+closes, the global transformer; every call runs a few dozen small kernels, so on CPU most of the
+time is dispatch overhead that a compiler can fuse away. :func:`compile_for_decoding` wraps each
+component's ``forward`` in ``torch.compile(dynamic=True)`` (cache lengths vary from step to step).
+Compiling takes minutes on a small CPU, so it pays only for long generations: it is off by default.
+
+Inductor needs a C++ compiler on CPU and Triton on CUDA; without them :func:`compile_for_decoding`
+warns, says what to install, and leaves the model eager (same results, eager speed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+
+import torch
+
+from .blt import BLT
+
+COMPONENTS = ("patcher", "local_encoder", "global_transformer", "local_decoder")
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot generate code for ``device`` here (None when it can)."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile (PyTorch >= 2.0 needed)"
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs Triton: pip install triton"
+        return None
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        return "torch.compile on CPU needs a C++ compiler (g++ or clang++ on PATH, or $CXX): e.g. apt-get install g++"
+    return None
+
+
+def compile_for_decoding(model: BLT, warn=None) -> bool:
+    """Compile the forwards of ``model``'s components in place (forward hooks still fire).
+
+    Returns True when compiled; False (after printing why to ``warn``, default stderr) when the
+    compiler is missing, leaving the model eager. Numerics are those of the eager model up to
+    float reassociation (the cached == uncached tolerance of 1e-4 still holds).
+    """
+    device = next(model.parameters()).device
+    problem = compiler_problem(device)
+    if problem is not None:
+        print(f"fastblt: --compile ignored, running eager: {problem}", file=warn or sys.stderr)
+        return False
+    for name in COMPONENTS:
+        mod = getattr(model, name, None)
+        if mod is not None:
+            mod.forward = torch.compile(mod.forward, dynamic=True)
+    return True
