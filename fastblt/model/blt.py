@@ -163,7 +163,7 @@ class GlobalTransformer(Stack):
             positions = torch.arange(start, start + p, device=x.device).expand(b, p)
         if self.token_embedding_projection is not None:
             x = self.token_embedding_projection(x)
-        mask = _self_mask(positions, caches, None) if mask is None else mask
+        mask = _self_mask(positions, caches, None) if mask is None else fix_empty_rows(mask)
         return self.run_layers(x, positions, mask, caches)
 
 
