@@ -270,7 +270,7 @@ def run_roofline(args: argparse.Namespace) -> int:
     dtypes = (torch.float32, torch.bfloat16)
     limits = machine_limits(device, dtypes)
     print(f"[roofline] {json.dumps(limits)}", flush=True)
-    small_bytes = min(args.max_new_bytes, 512)
+    small_bytes = min(getattr(args, "max_new_bytes", None) or 512, 512)
     big_bytes = getattr(args, "roofline_1b_bytes", 32)
     models = []
     shipped = load(args.model, device=device)
