@@ -193,15 +193,18 @@ class LocalDecoder(Stack):
         """Decoder hidden states after the final norm, [B, T, d_local].
 
         h [B, T, d] input rows (encoder byte states, or BLT-D slot embeddings); positions [B, T];
-        self_mask bool [B, 1, T, L_cache + T] over key positions 0 .. L_cache + T − 1, or None for
-        the causal sliding-window rule; kv [B, M, d] latent vectors from :meth:`latent_vectors` (or
+        self_mask bool [B, 1, T, K] over key positions 0 .. L_cache + T − 1, or over the keys the
+        caches return (``caches[0].first_key(T)`` .. L_cache + T − 1), or None for the causal
+        sliding-window rule; kv [B, M, d] latent vectors from :meth:`latent_vectors` (or
         their :meth:`cross_kv` projections); cross_mask bool [B, 1, T, M] (None: every row sees all of kv).
         """
         if self_mask is None:
             self_mask = _self_mask(positions, caches, self.cfg.window)
-        else:  # a sliding-window cache returns only the keys from first_key on
-            if caches:
-                self_mask = self_mask[..., caches[0].first_key(h.shape[1]):]
+        else:
+            if caches:  # a sliding-window cache returns only the keys from first_key on
+                first, end = caches[0].first_key(h.shape[1]), caches[0].length + h.shape[1]
+                if first and self_mask.shape[-1] == end:
+                    self_mask = self_mask[..., first:]
             self_mask = fix_empty_rows(self_mask)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
