@@ -137,7 +137,7 @@ def test_incremental_embedding_equals_the_batch_embedding():
 
 
 def test_compile_without_a_compiler_warns_and_stays_eager(monkeypatch, capsys):
-    import fastblt.model.compile as C
+    import fastblt.model.runtime as C
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(C.shutil, "which", lambda name: None)
@@ -166,3 +166,18 @@ def test_roofline_rows_follow_eq8_on_a_tiny_model():
     doc = {"limits": limits, "models": [{"name": "tiny", "dtype": "float32", "new_bytes": 12, "methods": rows,
                                          "decoder_step": R.decode_step(m, 3, limits), "eq8_check": check}]}
     assert "Eq. 8 predicts" in R.markdown(doc)
+
+
+def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    from fastblt.model.runtime import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device.*--device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device must be"):
+        resolve_device("tpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(ValueError, match="--dtype"):
+        resolve_dtype("int8", torch.device("cpu"))

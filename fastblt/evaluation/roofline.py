@@ -259,10 +259,9 @@ def run_roofline(args: argparse.Namespace) -> int:
     """The ``--roofline`` branch of ``fastblt bench``: writes roofline.json and roofline.md to --out."""
     from ..checkpoint import load
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but this torch build sees no CUDA device "
-                         "(torch.cuda.is_available() is False); run on a GPU machine or use --device cpu")
+    from ..model.runtime import resolve_device
+
+    device = resolve_device(args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")

@@ -1,4 +1,8 @@
-"""Optional ``torch.compile`` of a BLT's four components for incremental decoding (``--compile``).
+"""Where and how a model runs for generation: device, dtype (``--device``, ``--dtype``) and the
+optional ``torch.compile`` of a BLT's four components for incremental decoding (``--compile``).
+
+On CUDA the default dtype is bfloat16 (half the weight bytes per step, Fast BLT eq. 8's b = 2);
+on CPU float32. Exactness tests run in float32 on CPU; the CUDA path runs the same code.
 
 Each decoding step calls the entropy model, the local encoder, the local decoder and, when a patch
 closes, the global transformer; every call runs a few dozen small kernels, so on CPU most of the
@@ -21,6 +25,35 @@ import torch
 from .blt import BLT
 
 COMPONENTS = ("patcher", "local_encoder", "global_transformer", "local_decoder")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` → torch.device. Raises ValueError for another name, or for CUDA
+    when this torch build sees no GPU (saying what to do)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but this torch build sees no CUDA device "
+                             f"(torch {torch.__version__}, torch.cuda.is_available() is False): install a CUDA "
+                             "build of torch on a GPU machine, or use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """A dtype name (float32, bfloat16, float16) or None (bfloat16 on CUDA, float32 on CPU)."""
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def compiler_problem(device: torch.device) -> str | None:
