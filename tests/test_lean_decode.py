@@ -181,3 +181,11 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
     assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
     with pytest.raises(ValueError, match="--dtype"):
         resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_cli_generate_on_cuda_without_cuda_says_what_to_do(monkeypatch, capsys):
+    from fastblt.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["generate", "--device", "cuda", "hello"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err

@@ -5,6 +5,7 @@ BLT-D or BLT-DV.
                      [--schedule paper|fused] [--block-size B] [--unmask confidence|entropy|one-step]
                      [--alpha A] [--gamma G] [--max-steps-per-block S] [--max-new-bytes N]
                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop STR]...
+                     [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--compile]
                      [--json | --stream] PROMPT
 
 Method options (--draft-length, --schedule, the diffusion flags) are refused for methods that do
@@ -94,21 +95,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STR", help="stop string (repeatable; included in the output)")
     p.add_argument("--ignore-eos", action="store_true", help="never generate EOS: exactly --max-new-bytes bytes (paper's fixed length)")
     p.add_argument("--threads", type=_pos_int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="weights and activations (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's components first (minutes of compile time; pays on long runs)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help='print {"text": ..., "stats": {...}}')
     out.add_argument("--stream", action="store_true", help="write bytes as soon as they are verified")
 
 
-def load_model(path: Path | None):
-    """Load ``path`` or the shipped default model; FileNotFoundError with guidance when missing."""
+def load_model(path: Path | None, device: str = "cpu", dtype: str | None = None):
+    """Load ``path`` or the shipped default model on ``device`` in ``dtype`` (see
+    :mod:`fastblt.model.runtime`); FileNotFoundError with guidance when missing."""
     from ..checkpoint import load
+    from ..model.runtime import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
 
     if path is None:
         if not (DEFAULT_MODEL / "config.json").is_file():
             raise FileNotFoundError(f"no default model shipped at {DEFAULT_MODEL} yet; pass a model folder "
                                     "with --model DIR (a fastblt checkpoint or an HF-format BLT folder)")
         path = DEFAULT_MODEL
-    return load(path)
+    return load(path, dtype=resolve_dtype(dtype, dev), device=dev)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # raw argv bytes (os.fsencode undoes the surrogate escapes of undecodable bytes): the model reads bytes
     prompt = sys.stdin.buffer.read() if args.prompt == "-" else os.fsencode(args.prompt)
-    model = load_model(args.model)
+    model = load_model(args.model, getattr(args, "device", "cpu"), getattr(args, "dtype", None))
+    if getattr(args, "compile", False):
+        from ..model.runtime import compile_for_decoding
+
+        compile_for_decoding(model)
     out = sys.stdout.buffer
 
     def on_bytes(b: bytes) -> None:
