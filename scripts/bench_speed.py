@@ -216,7 +216,7 @@ def main() -> int:
         print(f"[speed] rep {rep + 1}/{args.reps}: this checkout", flush=True)
         new_runs.append(run_worker(ROOT, "speed", model, args.bytes, flags, args.timeout))
         print(json.dumps({"baseline": base_runs[-1], "new": new_runs[-1]}, ensure_ascii=False), flush=True)
-    doc = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "model": os.path.relpath(model, ROOT),
+    doc = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "model": os.path.relpath(model, ROOT) if model.startswith(str(ROOT)) else model,
            "bytes": args.bytes, "reps": args.reps, "new_commit": _commit(ROOT), "baseline_commit": _commit(args.baseline),
            "new": _best(new_runs), "baseline": _best(base_runs)}
     if not args.no_hf:
