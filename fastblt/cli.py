@@ -1,7 +1,8 @@
 """The fastblt command line: one sub-command per job (BLT, BLT-S, BLT-D, BLT-DV: train, generate, bench, demo).
 
 Each sub-command lives in its own module, which exposes ``add_arguments(parser)`` and
-``run(args) -> int``. Modules are imported only when their sub-command runs, so ``--help`` is fast.
+``run(args) -> int``. Only the chosen sub-command's module is imported, and it imports torch only
+when it runs, so ``fastblt --help`` and every ``fastblt COMMAND --help`` stay fast.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("fastblt.commands.presets", "print the parameter breakdown of the named presets next to the paper's"),
     "data build": ("fastblt.data.corpus", "assemble the training corpus from package-shipped sources"),
     "train": ("fastblt.training.train", "train a BLT or BLT-D model (and its entropy model)"),
-    "generate": ("fastblt.generation.cli", "generate bytes with BLT, BLT-S, BLT-D or BLT-DV"),
+    "calibrate": ("fastblt.commands.calibrate", "calibrate an entropy model's patching threshold (mean patch 4, max 8)"),
+    "export": ("fastblt.commands.export", "export a trained run as a bf16 model folder with its held-out figures"),
+    "generate": ("fastblt.commands.generate", "generate bytes with BLT, BLT-S, BLT-D or BLT-DV"),
     "bench": ("fastblt.evaluation.bench", "run the paper's tasks and efficiency metrics for every method"),
     "demo": ("fastblt.evaluation.demo", "the main job: all four systems on real prompts with the shipped model"),
     "convert": ("fastblt.commands.convert", "convert a model between our, the transformers and the released BLT layouts"),
@@ -25,7 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The COMMANDS name that argv selects ("generate", "data build"), or None."""
+    words = [a for a in argv if not a.startswith("-")]
+    return next((name for name in COMMANDS if words[:len(name.split())] == name.split()), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every sub-command listed, the chosen one with its flags."""
+    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="fastblt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -39,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             target = groups[parts[0]]
         p = target.add_parser(parts[-1], help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if name != chosen:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as e:  # a sub-command whose module is not built yet
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()

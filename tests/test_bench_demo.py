@@ -2,10 +2,11 @@
 import json
 
 import pytest
-from conftest import tiny_model
 
 import fastblt
 from fastblt.cli import main
+
+from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,15 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
 
 import fastblt
 from fastblt.config import EOS_ID, MASK_ID, OFFSET
-from fastblt.generation import BLTState, generate
-from fastblt.generation import blt_d, blt_dv
+from fastblt.generation import BLTState, blt_d, blt_dv, generate
 from fastblt.generation.api import prompt_ids
 from fastblt.generation.sampling import suppress
 from fastblt.model.diffusion import block_logits_inference
 
-torch.set_num_threads(1)
+from helpers import tiny_model
 
 PROMPTS = [b"", b"hello world", bytes([0xFF, 0xFE, 0x00, 0x80, 0xC3]) * 3]
 RULES = [{"unmask": "one-step"}, {"unmask": "confidence", "alpha": 0.3},
@@ -133,11 +131,11 @@ def test_cached_block_passes_equal_reference(models, prefix_len, b):
             kv = state.close_patches(provisional=True)
             prefix = torch.tensor([full[:n]])
             slots = [MASK_ID] * b
-            first = blt_d.block_logits(state, slots, kv)
+            first = state.decode_block(slots, kv)
             assert (first - block_logits_inference(m, prefix, torch.tensor([slots]))).abs().max() <= 1e-4
             assert state.n_dec == n and all(c.length == n for c in state.dec_caches)
             slots[::2] = full[1:1 + len(slots[::2])]  # a later pass: some slots filled
-            later = blt_d.block_logits(state, slots, kv)
+            later = state.decode_block(slots, kv)
             assert (later - block_logits_inference(m, prefix, torch.tensor([slots]))).abs().max() <= 1e-4
     # the clean rows that entered the cache are BLT's own rows: the next cached row matches BLT
     with torch.no_grad():
@@ -211,7 +209,7 @@ def test_nfe_counters_match_forward_calls(models, kw):
 def test_eos_inside_a_block_truncates(models, monkeypatch):
     m = models[8]
     base = generate(m, b"hi", method="blt-d", max_new_bytes=40, unmask="one-step")
-    real, n = blt_d.block_logits, [0]
+    real, n = BLTState.decode_block, [0]
 
     def eos_in_second_block(*a, **k):
         logits = real(*a, **k)
@@ -220,7 +218,7 @@ def test_eos_inside_a_block_truncates(models, monkeypatch):
             logits[0, 3, EOS_ID] = 1e4
         return logits
 
-    monkeypatch.setattr(blt_d, "block_logits", eos_in_second_block)
+    monkeypatch.setattr(BLTState, "decode_block", eos_in_second_block)
     r = generate(m, b"hi", method="blt-d", max_new_bytes=40, unmask="one-step")
     assert r.stop_reason == "eos" and r.bytes == base.bytes[:11]
 

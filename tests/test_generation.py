@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -16,30 +17,15 @@ from fastblt.generation.api import prompt_ids
 from fastblt.generation.sampling import probabilities
 from fastblt.model.params import param_breakdown
 
-torch.set_num_threads(1)  # tiny models: one thread is fastest, and avoids contention on shared CPUs
+from helpers import random_ids, tiny_model
 
 PROMPTS = [b"", b"hello world", bytes([0xFF, 0xFE, 0x00, 0x80, 0xC3])]
 SPEC = [("fused", 4), ("fused", 8), ("fused", 16), ("paper", 4), ("paper", 8), ("paper", 16)]
 
 
-def _random_ids(n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.ones(1, 1, dtype=torch.long), torch.randint(4, 260, (1, n), generator=g)], 1)
-
-
-def _tiny(seed: int = 0, **patching) -> fastblt.BLT:
-    """Random tiny model; entropy threshold at the median entropy on random bytes (varied patches)."""
-    torch.manual_seed(seed)
-    m = fastblt.BLT(fastblt.preset("tiny")).eval()
-    m.cfg.patching.threshold = float(m.entropies(_random_ids(200, 99)).median())
-    for k, v in patching.items():
-        setattr(m.cfg.patching, k, v)
-    return m
-
-
 @pytest.fixture(scope="module")
 def model() -> fastblt.BLT:
-    return _tiny()
+    return tiny_model()
 
 
 # ----------------------------------------------------------------------------- cached == full forward
@@ -47,7 +33,7 @@ def model() -> fastblt.BLT:
                                       {"mode": "static", "patch_size": 3}, {"mode": "space"},
                                       {"max_patch_length": 3}])
 def test_cached_step_logits_match_full_forward(patching):
-    m = _tiny(**patching)
+    m = tiny_model(**patching)
     out = generate(m, b"The cat sat on the mat.", max_new_bytes=100)
     ids = torch.tensor([prompt_ids(b"The cat sat on the mat." + out.bytes)])
     n0 = 24
@@ -145,7 +131,7 @@ def test_stop_strings_truncate(model, method, kw):
 
 
 def test_eos_ends_generation_for_every_method():
-    m = _tiny()
+    m = tiny_model()
     ref = generate(m, b"eos", max_new_bytes=60).bytes
     b = max(set(ref), key=ref.count)  # make EOS beat the most frequent greedy byte
     with torch.no_grad():
@@ -213,7 +199,9 @@ def test_top_k_top_p_filtering():
 @pytest.mark.parametrize("kw", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0),
                                 dict(top_p=0.0), dict(top_p=1.5), dict(method="nope"), dict(stop=[b""]),
                                 dict(max_new_bytes=-1), dict(method="blt-s", draft_length=0),
-                                dict(method="blt-s", schedule="eager"), dict(bogus=1)])
+                                dict(method="blt-s", schedule="eager"), dict(bogus=1),
+                                dict(method="blt", draft_length=4), dict(method="blt-uncached", schedule="paper"),
+                                dict(method="blt-s", alpha=0.5)])
 def test_invalid_arguments_raise_value_error(model, kw):
     with pytest.raises(ValueError):
         generate(model, b"x", **{"max_new_bytes": 4, **kw})
@@ -235,7 +223,7 @@ def test_blt_s_sampling_keeps_the_target_distribution():
     Byte 1 comes from the prefill; bytes 2-3 from a drafted-and-verified iteration (draft rejected or
     accepted), so both acceptance paths are exercised. χ² with 7 dof, critical value 24.3 (p = 0.001).
     """
-    m = _tiny(seed=3)
+    m = tiny_model(seed=3)
     params = SamplingParams(1.0, top_k=2)
     prompt = b"dist"
     exact: dict[bytes, float] = {}
@@ -255,7 +243,8 @@ def test_blt_s_sampling_keeps_the_target_distribution():
         counts: dict[bytes, int] = {}
         drafted = accepted = 0
         for s in range(n):
-            r = generate(m, prompt, method=method, max_new_bytes=3, temperature=1.0, top_k=2, seed=s, draft_length=4)
+            r = generate(m, prompt, method=method, max_new_bytes=3, temperature=1.0, top_k=2, seed=s,
+                         **({"draft_length": 4} if method == "blt-s" else {}))
             counts[r.bytes] = counts.get(r.bytes, 0) + 1
             drafted += r.stats["drafted_bytes"]
             accepted += r.stats["accepted_bytes"]
@@ -280,7 +269,7 @@ def test_greedy_cached_blt_matches_transformers_generate(tmp_path):
     hf = transformers.BltForCausalLM(cfg).eval()
     hf.save_pretrained(tmp_path)
     ours = fastblt.load(tmp_path)
-    thr = float(ours.entropies(_random_ids(200, 5)).median())
+    thr = float(ours.entropies(random_ids(200, seed=5)).median())
     ours.cfg.patching.threshold = thr
     hf.config.patching_threshold = thr
     prompt = b"Parity with transformers: "
@@ -305,8 +294,15 @@ def test_cli_generate_json_stream_and_errors(tmp_path, capsysbinary, model):
     obj = json.loads(capsysbinary.readouterr().out)
     ref = generate(model, b"hi", max_new_bytes=12)
     assert obj["text"] == ref.text and obj["stats"]["new_bytes"] == len(ref.bytes)
+    assert obj["stop_reason"] == ref.stop_reason
     assert main(base + ["--stream", "hi"]) == 0
     assert capsysbinary.readouterr().out == ref.bytes + b"\n"
+    # --stop takes the raw bytes of the argument, as the prompt does (here bytes that are not UTF-8)
+    stop = next(ref.bytes[i:i + 2] for i in range(len(ref.bytes) - 1) if ref.bytes[i] >= 0x80)
+    assert main(base + ["--json", "--stop", os.fsdecode(stop), "hi"]) == 0
+    obj = json.loads(capsysbinary.readouterr().out)
+    want = generate(model, b"hi", max_new_bytes=12, stop=[stop])
+    assert obj["stop_reason"] == want.stop_reason == "stop" and obj["text"] == want.text
     with pytest.raises(SystemExit) as e:
         main(base + ["--top-p", "2", "hi"])
     assert e.value.code != 0
@@ -314,16 +310,16 @@ def test_cli_generate_json_stream_and_errors(tmp_path, capsysbinary, model):
 
 
 def test_cli_without_model_explains_missing_default(capsysbinary, monkeypatch, tmp_path):
-    import fastblt.generation.cli as gcli
+    import fastblt.checkpoint
     from fastblt.cli import main
 
-    monkeypatch.setattr(gcli, "DEFAULT_MODEL", tmp_path / "not-shipped")
+    monkeypatch.setattr(fastblt.checkpoint, "DEFAULT_MODEL", tmp_path / "not-shipped")
     assert main(["generate", "hi"]) != 0
     assert b"--model" in capsysbinary.readouterr().err
 
 
 def test_shipped_models_load_and_keep_the_lossless_contracts():
-    from fastblt.generation.cli import DEFAULT_MODEL
+    from fastblt.checkpoint import DEFAULT_MODEL
 
     bltd = fastblt.load(DEFAULT_MODEL)
     assert bltd.cfg.diffusion_block_size == 8 and bltd.cfg.patching.max_patch_length == 8
@@ -336,9 +332,7 @@ def test_shipped_models_load_and_keep_the_lossless_contracts():
 
 
 def test_ignore_eos_generates_exactly_n_bytes_and_keeps_the_contracts():
-    from conftest import tiny_model as _tiny
-
-    m = _tiny(diffusion_block_size=4)
+    m = tiny_model(diffusion_block_size=4)
     ref = generate(m, b"", method="blt", max_new_bytes=48, ignore_eos=True)
     assert len(ref.bytes) == 48 and ref.stop_reason == "length" and ref.stats["decoder_nfe"] == 48
     for method, kw in (("blt-s", {"draft_length": 4}), ("blt-dv", {}), ("blt-uncached", {})):

@@ -3,12 +3,13 @@ import json
 
 import pytest
 import torch
-from conftest import midpoint_threshold, random_ids, tiny_model
 
 import fastblt
 from fastblt.config import PAPER_COUNTS, preset
 from fastblt.model.params import breakdown_for_config
 from fastblt.patching import patches as P
+
+from helpers import midpoint_threshold, random_ids, tiny_model
 
 transformers = pytest.importorskip("transformers")
 

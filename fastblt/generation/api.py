@@ -1,18 +1,12 @@
 """``generate``: one entry point for every generation method, with stop criteria, streaming and
-exact cost accounting (Fast BLT eq. 8, §8.4; NFE counting §11.7).
+exact cost accounting (Fast BLT, arXiv 2605.08044: NFEs and eq. 8, :mod:`.accounting`).
 
-Methods live in a registry of ``name -> "module:function"`` (imported on first use). A method is
-``fn(model, ids, ctx, **options)``: ids is BOS + prompt byte ids (list[int]); ctx is a
-:class:`~fastblt.generation.stopping.Context` (emit final ids into ``ctx.out`` until
-``ctx.out.done``, draw target bytes with ``ctx.sampler``, count calls in ``ctx.counters``, e.g. by
-driving a :class:`~fastblt.generation.state.BLTState`). Keyword-only options of the function
-(``draft_length``, ``schedule``, ...) are the method's options; ``generate`` passes its
-``draft_length``/``schedule`` arguments to methods that declare them and rejects unknown ones.
+Methods and their options live in the registry :mod:`.methods` (``name -> "module:function"``,
+imported on first use); ``generate`` passes a method the options it declares and refuses any other,
+the same way for every method.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import numbers
 import queue
 import threading
@@ -26,41 +20,14 @@ import torch
 
 from ..config import byte_ids
 from ..model.blt import BLT
-from ..model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb, param_breakdown
+from .accounting import Counters, statistics
+from .methods import METHODS, check_options, method_function, method_options, register_method
 from .sampling import Sampler, SamplingParams
-from .state import Counters
 from .stopping import Context, Output, to_bytes
 from .text import ContinuationDecoder, decode_continuation, utf8_tail
 
-METHODS: dict[str, str] = {
-    "blt": "fastblt.generation.blt:generate_blt",
-    "blt-uncached": "fastblt.generation.blt:generate_blt_uncached",
-    "blt-s": "fastblt.generation.blt_s:generate_blt_s",
-    "blt-d": "fastblt.generation.blt_d:generate_blt_d",
-    "blt-dv": "fastblt.generation.blt_dv:generate_blt_dv",
-}
-
-
-def register_method(name: str, target: str | Callable[..., None]) -> None:
-    """Add a method: ``target`` is a function or a "module:function" path (imported lazily)."""
-    METHODS[name] = target  # type: ignore[assignment]
-
-
-def method_function(name: str) -> Callable[..., None]:
-    """The function of a registered method. Raises ValueError for an unknown name."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
-    target = METHODS[name]
-    if callable(target):
-        return target
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def method_options(name: str) -> dict[str, Any]:
-    """Keyword-only options of a method with their defaults, e.g. {"draft_length": 8, "schedule": "fused"}."""
-    sig = inspect.signature(method_function(name))
-    return {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+__all__ = ["METHODS", "GenerationResult", "generate", "method_options", "prompt_ids", "register_method",
+           "stream_text"]
 
 
 @dataclass
@@ -87,17 +54,6 @@ def prompt_ids(prompt: bytes | str) -> list[int]:
     return byte_ids(to_bytes(prompt))
 
 
-def bandwidth_stats(model: BLT, decoder_nfe: int, global_nfe: int, global_nfe_paper: int) -> dict[str, float]:
-    """Eq. 8 estimates in GB (16-bit weights; hash tables and entropy model excluded)."""
-    counts = param_breakdown(model)
-    p_dec, p_eg = counts["local_decoder"], counts["local_encoder"] + counts["global"]
-    return {
-        "est_bandwidth_gb": bandwidth_gb(decoder_nfe, global_nfe, p_dec, p_eg),
-        "est_bandwidth_gb_paper_counting": bandwidth_gb(decoder_nfe, global_nfe_paper, p_dec, p_eg),
-        "est_bandwidth_gb_3b": bandwidth_gb(decoder_nfe, global_nfe, PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB),
-    }
-
-
 def _plain(v: Any) -> Any:
     """numpy (or other ``numbers``) scalars → Python int / float, so that they pass the same checks."""
     if isinstance(v, (bool, np.bool_)):
@@ -111,45 +67,41 @@ def _plain(v: Any) -> Any:
 
 def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes: int = 256,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, stop: Sequence[bytes | str] = (), draft_length: int = 8,
-             schedule: str = "fused", stream: Callable[[bytes], None] | None = None, ignore_eos: bool = False,
-             **method_kwargs: Any) -> GenerationResult:
+             seed: int | None = None, stop: Sequence[bytes | str] = (),
+             stream: Callable[[bytes], None] | None = None, ignore_eos: bool = False,
+             **options: Any) -> GenerationResult:
     """Generate up to ``max_new_bytes`` bytes after ``prompt`` (the model sees BOS + prompt bytes).
 
     method: "blt" (cached), "blt-uncached" (full recompute per byte), "blt-s" (self-speculation,
     options ``draft_length`` k and ``schedule`` "paper"|"fused"), "blt-d" (block diffusion, BLT-D
     models only; options ``block_size``, ``unmask`` "confidence"|"entropy"|"one-step", ``alpha``,
     ``gamma``, ``max_steps_per_block``), "blt-dv" (diffusion draft + verification; the same
-    options and ``schedule``), or any registered method.
+    options and ``schedule``), or any registered method; :func:`method_options` lists a method's
+    options and defaults. An option the method does not take raises ValueError.
     temperature 0 = greedy; top_k / top_p filter the distribution; ``seed`` seeds a fresh
     torch.Generator for this call (None: random, reported in stats["seed"]).
     stop: byte/str strings; the result ends at the first one (included). EOS ends without being
-    returned; ``ignore_eos=True`` never generates EOS (the paper's fixed-length accounting). stream(chunk) receives final bytes as soon as they are verified; their
-    concatenation equals ``result.bytes``.
+    returned; ``ignore_eos=True`` never generates EOS (the paper's fixed-length accounting).
+    stream(chunk) receives final bytes as soon as they are verified; their concatenation equals
+    ``result.bytes``.
 
-    stats: new_bytes, decoder_nfe, global_nfe (E+G calls as run), global_nfe_paper (2 per
+    stats: method, new_bytes, decoder_nfe, global_nfe (E+G calls as run), global_nfe_paper (2 per
     speculative iteration; = global_nfe otherwise), entropy_nfe, encoder_steps, iterations
-    (speculative iterations; blocks for BLT-D),
-    drafted_bytes, accepted_bytes, acceptance_rate (accepted / drafted; None without drafts),
-    diffusion_steps (decoder passes spent unmasking blocks; 0 for non-diffusion methods),
-    bytes_per_decoder_pass (new_bytes / decoder_nfe; None without decoder calls),
-    est_bandwidth_gb, est_bandwidth_gb_paper_counting, est_bandwidth_gb_3b (eq. 8; the same NFEs
-    with the paper's 3B parameter counts), seconds, bytes_per_second, seed.
+    (speculative iterations; blocks for BLT-D), drafted_bytes, accepted_bytes, acceptance_rate
+    (accepted / drafted; None without drafts), diffusion_steps (decoder passes spent unmasking
+    blocks; 0 for non-diffusion methods), bytes_per_decoder_pass (new_bytes / decoder_nfe; None
+    without decoder calls), est_bandwidth_gb, est_bandwidth_gb_paper_counting, est_bandwidth_gb_3b
+    (eq. 8; the same NFEs with the paper's 3B parameter counts), seconds, bytes_per_second, seed,
+    ignore_eos, and the method's options as used.
 
     Numbers may be numpy scalars. Raises ValueError for an unknown method or option, invalid
     sampling values (temperature 0 or in [1e-4, 1e6]; seed in [0, 2**64 − 1]), an empty stop
     string, a negative max_new_bytes, or a prompt that does not fit: 1 + len(prompt bytes) +
     max_new_bytes must be ≤ model.cfg.max_seq_len.
     """
-    max_new_bytes, draft_length = _plain(max_new_bytes), _plain(draft_length)
-    method_kwargs = {k: _plain(v) for k, v in method_kwargs.items()}
+    max_new_bytes = _plain(max_new_bytes)
+    kwargs = check_options(method, {k: _plain(v) for k, v in options.items()})
     fn = method_function(method)
-    options = method_options(method)
-    unknown = set(method_kwargs) - set(options)
-    if unknown:
-        raise ValueError(f"method {method!r} does not take {sorted(unknown)}; its options: {sorted(options)}")
-    kwargs = {k: v for k, v in (("draft_length", draft_length), ("schedule", schedule)) if k in options}
-    kwargs.update(method_kwargs)
     if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or max_new_bytes < 0:
         raise ValueError(f"max_new_bytes must be an integer >= 0, got {max_new_bytes!r}")
     ids = prompt_ids(prompt)
@@ -167,20 +119,8 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
         with torch.inference_mode():
             fn(model, ids, ctx, **kwargs)
     seconds = time.perf_counter() - t0
-    c = ctx.counters
-    g_paper = c.global_nfe if ctx.global_nfe_paper is None else ctx.global_nfe_paper
-    n = len(ctx.out.data)
-    stats: dict[str, Any] = {
-        "method": method, "new_bytes": n, "decoder_nfe": c.decoder_nfe, "global_nfe": c.global_nfe,
-        "global_nfe_paper": g_paper, "entropy_nfe": c.entropy_nfe, "encoder_steps": c.encoder_steps,
-        "iterations": c.iterations, "drafted_bytes": c.drafted_bytes, "accepted_bytes": c.accepted_bytes,
-        "acceptance_rate": c.accepted_bytes / c.drafted_bytes if c.drafted_bytes else None,
-        "diffusion_steps": c.diffusion_steps,
-        "bytes_per_decoder_pass": n / c.decoder_nfe if c.decoder_nfe else None,
-        **bandwidth_stats(model, c.decoder_nfe, c.global_nfe, g_paper),
-        "seconds": seconds, "bytes_per_second": n / seconds if seconds > 0 else 0.0, "seed": ctx.sampler.seed, "ignore_eos": bool(ignore_eos),
-        **kwargs,
-    }
+    stats = {"method": method, **statistics(model, ctx.counters, len(ctx.out.data), seconds),
+             "seed": ctx.sampler.seed, "ignore_eos": bool(ignore_eos), **kwargs}
     return GenerationResult(bytes(ctx.out.data), stats, ctx.out.reason or "length", utf8_tail(to_bytes(prompt)))
 
 

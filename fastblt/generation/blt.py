@@ -1,4 +1,5 @@
-"""Plain BLT generation, one byte at a time (BLT §2; blt-architecture.md §c.1, §c.3).
+"""Plain BLT generation, one byte at a time (BLT, arXiv 2412.09871 §2.4: entropy patching is
+incremental, so a cached step equals the full forward; §3: the components).
 
 ``generate_blt`` (method "blt"): the incremental algorithm with KV caches. The prompt is prefilled
 with one call per component; then every new byte costs one entropy-model step, one encoder step

@@ -1,17 +1,17 @@
-"""BLT-D: block-diffusion generation (Fast BLT §3.1 / reference §4, Algorithm 1).
+"""BLT-D: block-diffusion generation (Fast BLT, arXiv 2605.08044 §3.1, Algorithm 1).
 
 Per block, after a committed prefix of N bytes:
 
 1. one entropy-model + local-encoder + pooling/global call over the bytes committed since the last
    block (:meth:`BLTState.close_patches` with ``provisional=True``): the new closed patches get
    latents that stay cached, and the open last patch is pooled as if closed, giving the latent o_M
-   every block slot reads (§4.2; it is recomputed each block because the patch may still grow);
-2. B slots at positions N .. N + B − 1, all MASK_ID, go through the local decoder (§4.2 masks:
+   every block slot reads (§3.1.1; it is recomputed each block because the patch may still grow);
+2. B slots at positions N .. N + B − 1, all MASK_ID, go through the local decoder (§3.1.1, Fig. 3 masks:
    prefix rows causal with the BLT latent rule, block rows see every prefix row and the whole
    block and cross-attend o_M). The *first* pass of a block also carries the clean decoder rows of
    the bytes committed by the previous block, so they enter the decoder KV cache in the same call;
    slot rows never stay in the cache (cropped after every pass). One pass = one decoder NFE;
-3. after each pass some masked slots are unmasked (§4.3): ``confidence`` — every masked slot whose
+3. after each pass some masked slots are unmasked (§3.1.2): ``confidence`` — every masked slot whose
    max probability exceeds α, ``entropy`` — the largest set of lowest-entropy masked slots whose
    entropies (nats) sum to ≤ γ, ``one-step`` — all slots. At least one slot is unmasked per pass
    (the most confident / lowest-entropy one), so a block needs at most B passes;
@@ -36,19 +36,19 @@ import torch
 
 from ..config import MASK_ID
 from ..model.blt import BLT
-from ..model.layers import causal_window_mask
+from .methods import CHOICES, Unmask
 from .sampling import suppress
 from .state import BLTState
 from .stopping import Context
 
-UNMASK_RULES = ("confidence", "entropy", "one-step")
+UNMASK_RULES = CHOICES["Unmask"]
 
 Pick = Callable[[torch.Tensor], list[int]]  # logits [m, 260] → m slot values
 
 
 @dataclass(frozen=True)
 class UnmaskRule:
-    """How many masked slots a decoder pass fills (Fast BLT §3.1.2 / reference §4.3).
+    """How many masked slots a decoder pass fills (Fast BLT §3.1.2).
 
     kind: "confidence" | "entropy" | "one-step"; alpha: confidence threshold α (max probability,
     ≥ 0; α ≥ 1 fills one slot per pass); gamma: entropy budget γ in nats (≥ 0);
@@ -105,66 +105,19 @@ def check_block_size(model: BLT, method: str, block_size: int | None) -> int:
     return b
 
 
-def block_logits(state: BLTState, slot_ids: list[int], kv_block: torch.Tensor,
-                 clean_kv: torch.Tensor | None = None) -> torch.Tensor:
-    """One cached decoder pass (one decoder NFE) in the inference layout (Fast BLT §3.1.1, Fig. 3).
-
-    Rows: the clean rows n_dec .. N − 1 not yet decoded (they enter the decoder KV cache), then B
-    slot rows at positions N .. N + B − 1 with inputs ``slot_embeddings(slot_ids)`` (dropped from
-    the cache afterwards). N = len(state); the prefix must be encoded.
-
-    slot_ids: B ids (byte ids or MASK_ID). kv_block [1, k, d_local]: latent vectors every slot
-    cross-attends (o_M from ``close_patches(provisional=True)``). clean_kv: None → clean rows read
-    their own latent (BLT rule: patch starts through column N and closed-patch latents needed);
-    [1, k, d_local] → every clean row reads these (drafting on a fixed latent, rows later redone).
-    Returns slot logits [1, B, 260] float32; equals ``diffusion.block_logits_inference`` when the
-    clean rows follow the BLT rule and kv_block is the provisional last latent.
-    """
-    n, lo, b, k = len(state), state.n_dec, len(slot_ids), state.k
-    if state.n_enc < n:
-        raise RuntimeError("encode the prefix before a block pass")
-    dev, n_clean = state.device, n - lo
-    kv_parts: list[torch.Tensor] = []
-    latent_of_row: list[int] = []
-    if n_clean and clean_kv is None:
-        rows = [state.row_patch(i) for i in range(lo, n)]
-        if state.n_pat < n or rows[-1] >= state.n_glob:
-            raise RuntimeError("patch the prefix and close its patches before a block pass")
-        kv_parts.append(state.kv[:, rows[0] * k:(rows[-1] + 1) * k])
-        latent_of_row += [r - rows[0] for r in rows]
-    elif n_clean:
-        kv_parts.append(clean_kv)
-        latent_of_row += [0] * n_clean
-    latent_of_row += [sum(p.shape[1] for p in kv_parts) // k] * b
-    kv_parts.append(kv_block)
-    kv = torch.cat(kv_parts, 1)
-    kv_latent = torch.arange(kv.shape[1] // k, device=dev).repeat_interleave(k)
-    cross = (torch.tensor(latent_of_row, device=dev)[:, None] == kv_latent[None, :])[None, None]
-    q_pos = torch.arange(lo, n + b, device=dev)[None]
-    self_mask = causal_window_mask(q_pos, torch.arange(n + b, device=dev)[None], state.cfg.decoder.window)
-    self_mask[..., n_clean:, n:] = True  # block rows: bidirectional inside the block
-    slots = state.model.slot_embeddings(torch.tensor([slot_ids], dtype=torch.long, device=dev))
-    x = torch.cat([state.h[:, lo:n], slots.to(state.dtype)], 1)
-    out = state.model.local_decoder(x, q_pos, self_mask, kv, cross, state.dec_caches)
-    state.n_dec = n
-    state.crop_decoder(n)  # the slot rows leave the cache
-    state.counters.decoder_nfe += 1
-    return state.model.lm_head(out[:, n_clean:]).float()
-
-
 def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskRule, pick: Pick,
                clean_kv: torch.Tensor | None = None, ignore_eos: bool = False) -> tuple[list[int], int]:
     """Algorithm 1's inner loop: start from ``size`` MASK slots after the state's bytes and unmask
     them with ``rule`` until none is left, drawing values with ``pick``.
 
     Returns (the filled block's ids, decoder passes spent). Adds the passes to
-    ``counters.diffusion_steps``. See :func:`block_logits` for kv_block / clean_kv.
+    ``counters.diffusion_steps``. See :meth:`BLTState.decode_block` for kv_block / clean_kv.
     """
     slots = [MASK_ID] * size
     masked = list(range(size))
     passes = 0
     while masked:
-        logits = block_logits(state, slots, kv_block, clean_kv)[0]  # [size, 260]
+        logits = state.decode_block(slots, kv_block, clean_kv)[0]  # [size, 260]
         passes += 1
         last = rule.max_steps is not None and passes >= rule.max_steps
         chosen = list(range(len(masked))) if last else rule.choose(logits[masked], ignore_eos)
@@ -177,7 +130,7 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
 
 
 def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int | None = None,
-                   unmask: str = "confidence", alpha: float = 0.7, gamma: float = 1.0,
+                   unmask: Unmask = "confidence", alpha: float = 0.7, gamma: float = 1.0,
                    max_steps_per_block: int | None = None) -> None:
     """BLT-D (Algorithm 1 with do_verify = False). ids: BOS + prompt byte ids.
 

@@ -1,4 +1,5 @@
-"""Incremental BLT state with KV caches (BLT §2–3; blt-architecture.md §c.3; Fast BLT §4.4).
+"""Incremental BLT state with KV caches (BLT, arXiv 2412.09871 §2.4 incremental patching, §3 the
+architecture; Fast BLT, arXiv 2605.08044 §3.1.3 caching).
 
 One sequence (batch 1; tensors keep the batch axis). Four components, each with its own KV
 caches and its own frontier (how many bytes or patches it has processed):
@@ -16,38 +17,20 @@ once we know whether byte i + 1 starts a new one (patches.decoder_patch_ids).
 Every component call processes all pending items at once, so prefill, a one-byte step and a
 speculative verification pass are the same four calls (:meth:`BLTState.extend`). Drafting
 (BLT-S, BLT-DV) runs decoder rows on a caller-chosen latent (:meth:`decode` with ``kv``) and
-then rolls them back (:meth:`crop_decoder`); :meth:`rollback` drops rejected bytes everywhere.
+then rolls them back (:meth:`crop_decoder`); a BLT-D block pass is :meth:`decode_block`;
+:meth:`rollback` drops rejected bytes everywhere. Only this class moves the cache frontiers.
 """
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 
 import torch
 
 from ..model.blt import BLT
 from ..model.layers import KVCache
+from ..model.masks import block_self_mask, latent_cross_mask
 from ..patching import patches as P
-
-
-@dataclass
-class Counters:
-    """Calls made so far (network function evaluations, Fast BLT §8.4 / §11.7).
-
-    decoder_nfe: local-decoder forward calls (each may cover several rows);
-    global_nfe: calls in which the global transformer ran (with the local encoder's patch pooling);
-    entropy_nfe: entropy-model calls; encoder_steps: local-encoder layer-stack calls;
-    iterations / drafted_bytes / accepted_bytes: speculative methods (Algorithm 2).
-    """
-
-    decoder_nfe: int = 0
-    global_nfe: int = 0
-    entropy_nfe: int = 0
-    encoder_steps: int = 0
-    iterations: int = 0
-    drafted_bytes: int = 0
-    accepted_bytes: int = 0
-    diffusion_steps: int = 0
+from .accounting import Counters
 
 
 def _crop(caches: list[KVCache], n: int) -> None:
@@ -191,7 +174,7 @@ class BLTState:
 
         provisional: also pool the open patch (bytes starts_idx[-1] .. n_pat − 1) as if it were
         closed, in the same call, and return the k decoder vectors of the newest latent
-        ([1, k, d_local]; BLT-D / paper-schedule BLT-S drafting latent, Fast BLT §4.2); the open
+        ([1, k, d_local]; BLT-D / paper-schedule drafting latent, Fast BLT §3.1.1); the open
         patch's latent is not kept in the cache. Returns None when not provisional.
         """
         if self.n_enc < self.n_pat:
@@ -225,6 +208,24 @@ class BLTState:
                 return kv[:, -self.k:]
         return self.last_latent_vectors() if provisional else None
 
+    def _own_latents(self, lo: int, hi: int) -> tuple[int, list[int]]:
+        """The latents read by decoder rows lo .. hi − 1 under the BLT rule: (the first one's index,
+        each row's latent relative to it). Needs the patch starts through column hi and the closed
+        patches' latents."""
+        if self.n_pat < hi:
+            raise RuntimeError("patch the bytes before decoding them with their own latents")
+        rows = [self.row_patch(i) for i in range(lo, hi)]
+        if rows[-1] >= self.n_glob:
+            raise RuntimeError("close the patches before decoding")
+        return rows[0], [r - rows[0] for r in rows]
+
+    def _run_decoder(self, x: torch.Tensor, q_pos: torch.Tensor, self_mask: torch.Tensor | None, kv,
+                     cross: torch.Tensor | None) -> torch.Tensor:
+        """One local-decoder call on rows x [1, T, d] through the cache (one decoder NFE) → logits [1, T, 260] f32."""
+        out = self.model.local_decoder(x, q_pos, self_mask, kv, cross, self.dec_caches)
+        self.counters.decoder_nfe += 1
+        return self.model.lm_head(out).float()
+
     def decode(self, upto: int | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder rows n_dec .. upto − 1 (one call) → logits [1, T, 260] float32.
 
@@ -238,24 +239,56 @@ class BLTState:
             raise RuntimeError(f"cannot decode rows {lo}..{upto} with {self.n_enc} encoded bytes")
         cross = None
         if kv is None:
-            if self.n_pat < upto:
-                raise RuntimeError("patch the bytes before decoding them with their own latents")
-            rows = [self.row_patch(i) for i in range(lo, upto)]
-            first, last = rows[0], rows[-1]
-            if last >= self.n_glob:
-                raise RuntimeError("close the patches before decoding")
-            xkv = self._cross_kv(first, last + 1)
-            if last > first:
-                rel = torch.tensor(rows, device=self.device) - first
-                kv_patch = torch.arange(last - first + 1, device=self.device).repeat_interleave(self.k)
-                cross = (rel[:, None] == kv_patch[None, :])[None, None]
+            first, row_latent = self._own_latents(lo, upto)
+            n_lat = row_latent[-1] + 1
+            xkv = self._cross_kv(first, first + n_lat)
+            if n_lat > 1:  # rows read different latents (else every row reads all of them)
+                cross = latent_cross_mask(torch.tensor([row_latent], device=self.device), n_lat, self.k)
         else:
             xkv = self._draft_cross_kv(kv)
         pos = self._positions(lo, upto)  # self mask: the causal window rule, built over the cached keys
-        out = self.model.local_decoder(self.h[:, lo:upto], pos, None, xkv, cross, self.dec_caches)
+        logits = self._run_decoder(self.h[:, lo:upto], pos, None, xkv, cross)
         self.n_dec = upto
-        self.counters.decoder_nfe += 1
-        return self.model.lm_head(out).float()
+        return logits
+
+    def decode_block(self, slot_ids: list[int], kv_block: torch.Tensor,
+                     clean_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """One BLT-D decoder pass in the inference layout (Fast BLT §3.1.1, Fig. 3; one decoder NFE).
+
+        Rows: the clean rows n_dec .. N − 1 not yet decoded (they enter the decoder KV cache), then B
+        slot rows at positions N .. N + B − 1 with inputs ``model.slot_embeddings(slot_ids)``, dropped
+        from the cache afterwards. N = len(self); the prefix must be encoded.
+
+        slot_ids: B ids (byte ids or MASK_ID). kv_block [1, k, d_local]: the latent vectors every slot
+        cross-attends (o_M from ``close_patches(provisional=True)``). clean_kv: None → clean rows read
+        their own latent (BLT rule: patch starts through column N and closed-patch latents needed);
+        [1, k, d_local] → every clean row reads these (drafting on a fixed latent; rows redone later).
+        Returns slot logits [1, B, 260] float32; equals ``diffusion.block_logits_inference`` when the
+        clean rows follow the BLT rule and kv_block is the provisional last latent.
+        """
+        n, lo, b = len(self.ids), self.n_dec, len(slot_ids)
+        if self.n_enc < n:
+            raise RuntimeError("encode the prefix before a block pass")
+        n_clean = n - lo
+        kv_clean, row_latent = self.kv[:, :0], []
+        if n_clean:
+            if clean_kv is None:
+                first, row_latent = self._own_latents(lo, n)
+                kv_clean = self.kv[:, first * self.k:(first + row_latent[-1] + 1) * self.k]
+            else:
+                kv_clean, row_latent = clean_kv, [0] * n_clean
+        n_lat = kv_clean.shape[1] // self.k + 1  # the clean rows' latents, then the block's
+        kv = torch.cat([kv_clean, kv_block], 1)
+        cross = latent_cross_mask(torch.tensor([row_latent + [n_lat - 1] * b], device=self.device), n_lat, self.k)
+        q_pos = self._positions(lo, n + b)
+        block = torch.tensor([[-1] * n + [0] * b], device=self.device)  # −1: clean row; 0: the block
+        self_mask = block_self_mask(q_pos, block[:, lo:], torch.full_like(q_pos, n), self._positions(0, n + b),
+                                    block, self.cfg.decoder.window)
+        slots = self.model.slot_embeddings(self._tensor(slot_ids)).to(self.dtype)
+        logits = self._run_decoder(torch.cat([self.h[:, lo:n], slots], 1), q_pos, self_mask, kv, cross)
+        self.n_dec = n
+        self.crop_decoder(n)  # the slot rows leave the cache
+        return logits[:, n_clean:]
 
     # ------------------------------------------------------------------ whole steps
     def extend(self, ids: list[int]) -> torch.Tensor:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import EOS_ID, OFFSET
+from .accounting import Counters
 from .sampling import Sampler
-from .state import Counters
 
 
 def to_bytes(s: bytes | str) -> bytes:
@@ -77,12 +77,9 @@ class Context:
     """What a generation method gets besides the model and the prompt ids.
 
     out: emit final ids here and stop when ``out.done``; sampler: draws target bytes;
-    counters: pass to :class:`~fastblt.generation.state.BLTState` (or update directly);
-    global_nfe_paper: speculative methods set the paper's E+G count (2 per iteration, §7.1);
-    None means "as run".
+    counters: pass to :class:`~fastblt.generation.state.BLTState` (or update directly).
     """
 
     out: Output
     sampler: Sampler
     counters: Counters = field(default_factory=Counters)
-    global_nfe_paper: int | None = None

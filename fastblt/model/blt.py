@@ -22,6 +22,7 @@ from ..config import VOCAB_SIZE, BLTConfig, StackConfig
 from ..patching import patches as P
 from .hashing import hash_ngram_ids, hash_ngram_rows
 from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask, fix_empty_rows
+from .masks import latent_cross_mask
 
 
 ROPE_MARGIN = 1024  # positions past max_seq_len a stack's RoPE table covers (BLT-D slots after the last byte)
@@ -310,8 +311,7 @@ class BLT(nn.Module):
         b, n, _ = h.shape
         pos = torch.arange(n, device=h.device).expand(b, n)
         kv = self.local_decoder.latent_vectors(latents)
-        kv_patch = torch.arange(latents.shape[1], device=h.device).repeat_interleave(self.cfg.cross_attn_k)
-        cross = (P.decoder_patch_ids(starts)[:, :, None] == kv_patch[None, None, :])[:, None]
+        cross = latent_cross_mask(P.decoder_patch_ids(starts), latents.shape[1], self.cfg.cross_attn_k)
         self_mask = causal_window_mask(pos, pos, self.cfg.decoder.window)
         return self.lm_head(self.local_decoder(h, pos, self_mask, kv, cross)).float()
 

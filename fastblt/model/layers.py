@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by every BLT component (Llama-3 conventions, BLT §4.7).
+"""Transformer building blocks shared by every BLT component (Llama-3 conventions,
+BLT arXiv 2412.09871 §4.7).
 
 RMSNorm, interleaved-pair RoPE (the official BLT convention) with tables built once per stack,
 SwiGLU, self-attention with an optional static KV cache (a ring buffer for sliding-window layers),

@@ -1,4 +1,5 @@
-"""Parameter counts by component: the numbers the bandwidth estimate needs (Fast BLT eq. 8).
+"""Parameter counts by component: the numbers the bandwidth estimate needs (Fast BLT, arXiv 2605.08044,
+eq. 8; the estimate itself is :func:`fastblt.generation.accounting.bandwidth_gb`).
 
 Components: ``hash_tables`` (the fused hash n-gram embedding), ``local_encoder`` (byte table, encoder
 layers, pooling projection and cross-attention; plus the global input projection when k·d_local ≠
@@ -39,14 +40,3 @@ def breakdown_for_config(cfg: BLTConfig) -> dict[str, int]:
     """Parameter counts for a config without allocating memory (the model is built on the meta device)."""
     with torch.device("meta"):
         return param_breakdown(BLT(cfg))
-
-
-def bandwidth_gb(decoder_nfe: float, global_nfe: float, p_dec: float, p_enc_glob: float, bytes_per_param: int = 2) -> float:
-    """Estimated weight traffic in GB (1e9 bytes), Fast BLT eq. 8:
-    b · (N_dec · P_dec + N_eg · (P_enc + P_glob)) / 1e9 with b = 2 bytes per parameter (16-bit)."""
-    return bytes_per_param * (decoder_nfe * p_dec + global_nfe * p_enc_glob) / 1e9
-
-
-# The paper's 3B counts (decoder 0.16B; encoder + global 0.026B + 2.82B), for ``est_bandwidth_gb_3b``.
-PAPER_3B_P_DEC = 0.160e9
-PAPER_3B_P_ENC_GLOB = 2.846e9
