@@ -4,22 +4,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import DEFAULT_MODEL, load
-from ..config import byte_ids
-from ..model.params import param_breakdown
-from ..patching import patches as P
 from .presets import COMPONENTS, _fmt
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (ours or HF format; default: the shipped model)")
+    p.add_argument("--model", default=None, help="model folder (ours or HF format; default: the shipped model)")
     p.add_argument("--file", default=None, help="file whose first bytes to patch (default: this module's source)")
     p.add_argument("--bytes", type=int, default=240, help="how many bytes of the file to patch (default 240)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import DEFAULT_MODEL, load
+    from ..config import byte_ids
+    from ..model.params import param_breakdown
+    from ..patching import patches as P
+
+    args.model = args.model or str(DEFAULT_MODEL)
     model = load(args.model)
     counts = param_breakdown(model)
     print(f"model: {args.model}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from ..config import PAPER_COUNTS, preset
-from ..model.params import breakdown_for_config
 
 COMPONENTS = ("hash_tables", "local_encoder", "global", "local_decoder", "entropy_model")
 
@@ -18,6 +17,8 @@ def _fmt(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..model.params import breakdown_for_config
+
     print(f"{'preset':<7} {'component':<15} {'ours':>10} {'paper':>10} {'diff':>7}")
     for name in args.names:
         counts = breakdown_for_config(preset(name))  # built on the meta device: no memory

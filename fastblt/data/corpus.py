@@ -38,7 +38,7 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 CATEGORIES = ("code", "prose", "translation")
 DEFAULT_MIX = "45,35,20"  # percent of the train byte budget for code, prose, translation
-LANG_NAMES = {"fr": "French", "de": "German"}
+LANG_NAMES = {"fr": "French", "de": "German"}  # source languages of the translation pairs (to English)
 LO_DIRS = {"en": "en-US", "fr": "fr", "de": "de"}  # language -> help directory name
 LO_PACKAGES = {"en": "libreoffice-help-en-us", "fr": "libreoffice-help-fr", "de": "libreoffice-help-de"}
 HELDOUT_DIR = Path(__file__).resolve().parent / "heldout"
@@ -80,8 +80,16 @@ class Pair:
         return f"{self.file}#{self.pid}"
 
     def doc(self) -> Doc:
-        text = f"{LANG_NAMES[self.lang]}: {self.src}\nEnglish: {self.en}\n"
+        text = translation_text(self.lang, self.src, self.en)
         return Doc(f"libreoffice-{self.lang}-en", "translation", self.file, self.split, text.encode("utf-8"))
+
+
+def translation_text(lang: str, src: str, en: str | None = None) -> str:
+    """The one translation template, shared by the training documents and the evaluation prompts:
+    ``"{Language}: {src}\nEnglish: {en}\n"``; with ``en`` None the open prompt
+    ``"{Language}: {src}\nEnglish:"``, which a model continues with ``" {en}\n"``.
+    Raises KeyError for a language not in LANG_NAMES."""
+    return f"{LANG_NAMES[lang]}: {src}\nEnglish:" + ("" if en is None else f" {en}\n")
 
 
 def split_of(key: str) -> str:

@@ -134,7 +134,7 @@ def _generator(model, spec: MethodSpec, seed: int, fixed_length: bool):
 
 def _nll_fn(model):
     """tasks.NllFn: total next-byte NLL in nats of a text after BOS."""
-    from ..training.objectives import sequence_nll
+    from .likelihood import sequence_nll
 
     return lambda text: sequence_nll(model, text)[0]
 

@@ -29,6 +29,18 @@ LN2 = math.log(2.0)
 SPLITS = ("code", "prose")
 
 
+@torch.no_grad()
+def sequence_nll(model, data: bytes, append_eos: bool = False) -> tuple[float, int]:
+    """Next-byte negative log-likelihood of ``data`` after BOS (plus EOS as a last target if
+    ``append_eos``): (total nats, number of predicted positions). Bits per byte = nats / n / ln 2."""
+    from ..config import EOS_ID, byte_ids
+
+    ids = torch.tensor([byte_ids(data) + ([EOS_ID] if append_eos else [])],
+                       device=next(model.parameters()).device)
+    logits = model(ids[:, :-1])
+    return float(F.cross_entropy(logits[0], ids[0, 1:], reduction="sum")), ids.shape[1] - 1
+
+
 def _texts(split: str, limit: int = 0) -> list[bytes]:
     from ..data.heldout import load_heldout
 
@@ -38,8 +50,6 @@ def _texts(split: str, limit: int = 0) -> list[bytes]:
 @torch.no_grad()
 def ar_bpb(model, texts: Sequence[bytes]) -> float:
     """Σ next-byte NLL / ln 2 / Σ bytes over ``texts`` (each conditioned on BOS only)."""
-    from ..training.objectives import sequence_nll
-
     nats = n = 0.0
     for text in texts:
         t_nats, t_n = sequence_nll(model, text)

@@ -38,6 +38,8 @@ from typing import Any, Protocol
 import sacrebleu
 from tqdm import tqdm
 
+from ..data.corpus import LANG_NAMES, translation_text
+
 
 class GenerationOutput(Protocol):
     """What a ``GenerateFn`` returns: the continuation bytes and a dict of numeric stats."""
@@ -55,7 +57,6 @@ OnSample = Callable[["SampleRecord"], None]  # called once per sample (reused on
 # a new top-level statement ends the function body. They only match at column 0.
 HUMANEVAL_STOPS: tuple[bytes, ...] = (b"\nclass", b"\ndef", b"\n#", b"\nif", b"\nprint")
 TRANSLATION_STOPS: tuple[bytes, ...] = (b"\n",)
-LANG_NAMES: dict[str, str] = {"fr": "French", "de": "German"}
 SUM_KEYS: tuple[str, ...] = ("drafted_bytes", "accepted_bytes")
 
 
@@ -306,9 +307,7 @@ def _chrf(hyps: list[str], refs: list[str]) -> float:
 def translation_prompt(lang: str, shots: Sequence[dict[str, Any]], src: str) -> str:
     """The k-shot prompt, in the training format: one ``"{L}: src\\nEnglish: tgt\\n"`` per shot,
     then ``"{L}: src\\nEnglish:"``; the model is expected to continue with ``" translation\\n"``."""
-    name = LANG_NAMES[lang]
-    head = "".join(f"{name}: {s['src']}\nEnglish: {s['tgt']}\n" for s in shots)
-    return head + f"{name}: {src}\nEnglish:"
+    return "".join(translation_text(lang, s["src"], s["tgt"]) for s in shots) + translation_text(lang, src)
 
 
 def run_translation(

@@ -1,4 +1,5 @@
-"""Calibrate the global entropy threshold θ (Fast BLT §4.1 / paper notes §8.1).
+"""Calibrate the global entropy threshold θ (Fast BLT, arXiv 2605.08044 §4: entropy patching with a mean
+patch size of 4 bytes and a maximum of 8; BLT, arXiv 2412.09871 §2.3: the global threshold rule).
 
 The paper patches with mean patch size 4 bytes and max patch length 8. Given a trained entropy
 model, we compute next-byte entropies (nats) once on a sample of training rows, then bisect θ so
@@ -8,11 +9,10 @@ the last patch closed at the row end). Larger θ ⇒ fewer boundaries ⇒ larger
 
 Writes ``calibration.json`` (threshold, mean, histogram) and ``patch_hist.txt`` into the run folder.
 
-    python -m fastblt.training.calibrate --entropy-model runs/entropy --data data_cache/corpus
+    fastblt calibrate --entropy-model runs/entropy --data data_cache/corpus
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -101,22 +101,10 @@ def calibrate(entropy_model: str | Path, data: str | Path = "data_cache/corpus",
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--entropy-model", required=True, help="entropy run folder (from --objective entropy)")
-    p.add_argument("--data", default="data_cache/corpus")
-    p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--target", type=float, default=4.0, help="mean patch size in bytes")
-    p.add_argument("--max-patch-length", type=int, default=8)
-    a = p.parse_args(argv)
-    try:
-        res = calibrate(a.entropy_model, a.data, a.rows, a.seq_len, a.target, a.max_patch_length)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"calibrate: error: {e}", file=sys.stderr)
-        return 1
-    print(f"threshold {res['threshold']:.5f} nats → mean patch size {res['mean_patch_size']:.3f} bytes")
-    print(histogram_text(res["histogram"]))
-    return 0
+    """``python -m fastblt.training.calibrate ...``: the same as ``fastblt calibrate ...``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Export a trained run as a shipped model and report its held-out figures.
 
-    python -m fastblt.training.export --run runs/bltd --out fastblt/assets/default_model
+    fastblt export --run runs/bltd --out fastblt/assets/default_model
 
 Loads ``RUN/last``, measures held-out bits per byte on ``code_test`` and ``prose_test``
 (:func:`fastblt.data.heldout.load_heldout`; each record is scored as BOS + bytes + EOS, cut to
@@ -10,7 +10,6 @@ bf16 with these figures in ``config.json["training"]`` (must stay ≤ ``--max-mb
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,8 +20,9 @@ import torch
 
 from .. import checkpoint
 from ..data.heldout import load_heldout
-from .objectives import LN2, masked_slot_accuracy, sequence_nll, slot_accuracy_report
 from ..data.dataset import VAL_SEED, open_split
+from ..evaluation.likelihood import sequence_nll
+from .objectives import LN2, masked_slot_accuracy, slot_accuracy_report
 from .state import recover, resolve_model_dir, swap_in
 
 
@@ -56,45 +56,44 @@ def evaluate_model(model, data: str | Path | None, block_size: int | None, rows:
     return res
 
 
+def export_run(run: str | Path, out: str | Path, data: str | Path | None = "data_cache/corpus",
+               max_mb: float = 25.0) -> tuple[float, dict[str, Any]]:
+    """Export ``RUN/last`` to ``out`` in bf16 with its held-out figures; returns (size in MB, figures).
+
+    The folder is written next to ``out``, its size checked, then swapped in, so a failed export
+    leaves ``out`` as it was. Raises ValueError when the export is over ``max_mb``,
+    FileNotFoundError for a missing run, checkpoint.DiskFullError for a full disk.
+    """
+    run, out = Path(run), Path(out)
+    model = checkpoint.load(resolve_model_dir(run))
+    model = model.to(torch.bfloat16).float()  # score the weights as shipped (bf16)
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    figures = evaluate_model(model, data, model.cfg.diffusion_block_size)
+    rc, result = info.get("run_config", {}), info.get("result", {})
+    extra = {"training": {"objective": rc.get("objective"), "preset": rc.get("preset"),
+                          "steps": result.get("step"), "batch_size": rc.get("batch_size"),
+                          "seq_len": rc.get("seq_len"), "lr": rc.get("lr"), "val_bpb": result.get("val_bpb"),
+                          "wall_s": result.get("wall_s"), "bytes_per_s": result.get("bytes_per_s"),
+                          "stop_reason": result.get("stop_reason"),
+                          **{k: rc.get(k) for k in ("blocks", "block_stride", "fused_frac", "mask_norm", "distill",
+                                                    "init_from") if rc.get("objective") == "bltd"},
+                          **figures}}
+    recover(out)  # a crashed earlier export: restore DEST, remove its leftovers
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    with checkpoint.writing(out.parent, tmp):
+        checkpoint.save(model, tmp, dtype=torch.bfloat16, extra=extra)
+        size = sum(f.stat().st_size for f in tmp.iterdir()) / 2**20
+        if size > max_mb:
+            raise ValueError(f"exported model is {size:.1f} MB, over the {max_mb} MB limit; {out} left as it was")
+        swap_in(tmp, out)
+    return size, figures
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="training run folder (uses RUN/last)")
-    p.add_argument("--out", required=True, help="export folder, e.g. fastblt/assets/default_model")
-    p.add_argument("--data", default="data_cache/corpus", help="corpus (val rows for masked-slot accuracy)")
-    p.add_argument("--max-mb", type=float, default=25.0)
-    a = p.parse_args(argv)
-    try:
-        run = Path(a.run)
-        model = checkpoint.load(resolve_model_dir(run))
-        model = model.to(torch.bfloat16).float()  # score the weights as shipped (bf16)
-        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-        figures = evaluate_model(model, a.data, model.cfg.diffusion_block_size)
-        rc, result = info.get("run_config", {}), info.get("result", {})
-        extra = {"training": {"objective": rc.get("objective"), "preset": rc.get("preset"),
-                              "steps": result.get("step"), "batch_size": rc.get("batch_size"),
-                              "seq_len": rc.get("seq_len"), "lr": rc.get("lr"), "val_bpb": result.get("val_bpb"),
-                              "wall_s": result.get("wall_s"), "bytes_per_s": result.get("bytes_per_s"),
-                              "stop_reason": result.get("stop_reason"),
-                              **{k: rc.get(k) for k in ("blocks", "block_stride", "fused_frac", "mask_norm", "distill",
-                                                        "init_from") if rc.get("objective") == "bltd"},
-                              **figures}}
-        # write next to the target, check the size, then swap folders: a failed export keeps the old model
-        out = Path(a.out)
-        recover(out)  # a crashed earlier export: restore DEST, remove its leftovers
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with checkpoint.writing(out.parent, tmp):
-            checkpoint.save(model, tmp, dtype=torch.bfloat16, extra=extra)
-            size = sum(f.stat().st_size for f in tmp.iterdir()) / 2**20
-            if size > a.max_mb:
-                raise ValueError(f"exported model is {size:.1f} MB, over the {a.max_mb} MB limit; {out} left as it was")
-            swap_in(tmp, out)
-    except (ValueError, FileNotFoundError, checkpoint.DiskFullError) as e:
-        print(f"export: error: {e}", file=sys.stderr)
-        return 1
-    print(f"exported {a.run} → {a.out} ({size:.1f} MB, bf16)")
-    for k, v in figures.items():
-        print(f"  {k:>24}: {v:.4f}")
-    return 0
+    """``python -m fastblt.training.export ...``: the same as ``fastblt export ...``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

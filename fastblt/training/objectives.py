@@ -40,7 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import BLOCK_PAD_ID, EOS_ID, MASK_ID, byte_ids
+from ..config import BLOCK_PAD_ID, MASK_ID
+from ..evaluation.likelihood import sequence_nll  # noqa: F401  (moved to evaluation; re-exported)
 from ..model.diffusion import (
     BlockLayout,
     aligned_blocks,
@@ -54,14 +55,6 @@ from ..model.diffusion import (
 LN2 = math.log(2.0)
 
 
-@torch.no_grad()
-def sequence_nll(model, data: bytes, append_eos: bool = False) -> tuple[float, int]:
-    """Next-byte negative log-likelihood of ``data`` after BOS (plus EOS as a last target if
-    ``append_eos``): (total nats, number of predicted positions). Bits per byte = nats / n / ln 2."""
-    ids = torch.tensor([byte_ids(data) + ([EOS_ID] if append_eos else [])],
-                       device=next(model.parameters()).device)
-    logits = model(ids[:, :-1])
-    return float(F.cross_entropy(logits[0], ids[0, 1:], reduction="sum")), ids.shape[1] - 1
 T_EPS = 1e-3  # lower clamp of the BLT-D mask rate t (the 1/t weight explodes as t → 0)
 OBJECTIVES = ("entropy", "blt", "bltd")
 
