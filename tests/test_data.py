@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastblt.config import VOCAB_SIZE
 from fastblt.data import corpus
-from fastblt.data.dataset import BOS, EOS, OFFSET, VOCAB_SIZE, ByteDataset, iter_documents
+from fastblt.data.dataset import BOS, EOS, OFFSET, ByteDataset, iter_documents
 from fastblt.data.heldout import NAMES, load_heldout
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..config import BOS_ID as BOS
 from ..config import EOS_ID as EOS
-from ..config import OFFSET, VOCAB_SIZE
+from ..config import OFFSET
 
 DEFAULT_ROOT = "data_cache/corpus"
 VAL_SEED = 1_000_003  # val batches: fixed rows, independent of the training seed
