@@ -13,7 +13,6 @@ import argparse
 
 import pytest
 import torch
-from conftest import random_ids, tiny_model
 
 from fastblt import checkpoint
 from fastblt.config import MASK_ID
@@ -29,6 +28,8 @@ from fastblt.training.objectives import (
     row_generator,
     slot_accuracy_report,
 )
+
+from helpers import random_ids, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ class LocalEncoder(Stack):
         """Patch vectors of arbitrary (possibly overlapping) byte spans [lo, hi), as :meth:`pool`.
 
         Used by BLT-D training for the *provisional* latent of an open patch cut at a block start
-        (Fast BLT §4.2: the prefix end is pooled as if it closed a patch). h [B, T, d];
+        (Fast BLT §3.1.1, Fig. 3: the prefix end is pooled as if it closed a patch). h [B, T, d];
         lo, hi LongTensor [B, M] (an empty span, hi ≤ lo, gives an unused vector).
         Returns [B, M, k·d]; equals :meth:`pool` on the same spans when they do not overlap.
         """
