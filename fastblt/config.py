@@ -327,6 +327,8 @@ def _paper_3b() -> BLTConfig:
 
 _PRESET_BUILDERS = {"tiny": _tiny, "small": _small, "1b": _paper_1b, "3b": _paper_3b}
 
+OBJECTIVES = ("entropy", "blt", "bltd")  # what `fastblt train --objective` trains (training/objectives.py)
+
 # Parameter counts the paper reports (Fast BLT §4.1), hash tables excluded.
 PAPER_COUNTS = {
     "1b": {"local_encoder": 19e6, "global": 1.28e9, "local_decoder": 160e6},

@@ -23,11 +23,7 @@ print("imported:", heavy)
 """
 
 
-# train, bench and demo still define their flags next to torch-importing code (to be moved to commands/)
-FAST = [""] + [c for c in COMMANDS if c not in ("train", "bench", "demo")]
-
-
-@pytest.mark.parametrize("command", FAST)
+@pytest.mark.parametrize("command", [""] + list(COMMANDS))
 def test_help_does_not_import_torch(command):
     argv = command.split() + ["--help"]
     out = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True,

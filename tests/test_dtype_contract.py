@@ -4,10 +4,11 @@ the same rows in different shapes, so their bfloat16 roundings differ), and rare
 import copy
 
 import torch
-from conftest import tiny_model
 
 import fastblt
 from fastblt.config import OFFSET, byte_ids
+
+from helpers import tiny_model
 
 N_PROMPTS, LENGTH = 12, 24
 NEAR_TIE = 0.05  # nats: |logit(BLT's byte) − logit(the other path's byte)| in exact arithmetic

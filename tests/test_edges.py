@@ -2,12 +2,13 @@
 numpy scalars, prompts that end inside a UTF-8 character."""
 import numpy as np
 import pytest
-from conftest import tiny_model
 
 import fastblt
 from fastblt.config import OFFSET
 from fastblt.generation import api
 from fastblt.generation.text import ContinuationDecoder, decode_continuation, utf8_tail
+
+from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
 
 import fastblt
 from fastblt.cli import main
 from fastblt.evaluation import bench, mbpp
 from fastblt.evaluation import tasks as T
-from fastblt.model.params import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb
+from fastblt.generation.accounting import PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB, bandwidth_gb
+
+from helpers import tiny_model
 
 
 @pytest.fixture(scope="module")

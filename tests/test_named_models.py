@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
 
 import fastblt
 from fastblt.cli import main as cli
 from fastblt.named_models import NAMED_MODELS, named_path
+
+from helpers import tiny_model
 
 PACKAGE = Path(fastblt.__file__).resolve().parent
 

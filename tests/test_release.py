@@ -9,10 +9,11 @@ import math
 
 import pytest
 import torch
-from conftest import midpoint_threshold, random_ids
 
 import fastblt
 from fastblt.cli import main as cli
+
+from helpers import midpoint_threshold, random_ids
 
 transformers = pytest.importorskip("transformers")
 

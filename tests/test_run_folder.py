@@ -129,7 +129,7 @@ def test_crash_between_renames_recovered(run_a, corpus, capsys):
 
 def test_export_crash_point_recovered(tmp_path, capsys):
     """A crashed export left DEST missing with the old model only in `.DEST.old<pid>`."""
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     dest = tmp_path / "model"
     checkpoint.save(tiny_model(), tmp_path / ".model.old999999999")
@@ -193,7 +193,7 @@ def test_disk_full_on_a_real_full_device(tmp_path):
     """A 1 MiB tmpfs in a private mount namespace: the save fails with the message, nothing is left."""
     d = tmp_path / "small"
     d.mkdir()
-    code = ("import sys; sys.path.insert(0, sys.argv[2]); from conftest import tiny_model; "
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from helpers import tiny_model; "
             "from fastblt import checkpoint; from fastblt.training import state as S\n"
             "m = tiny_model()\n"
             "try:\n    S.save_checkpoint(sys.argv[1], m, S.build_optimizer(m, 1e-3), 1, {})\n"

@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
-from conftest import tiny_model
 
 import fastblt
+
+from helpers import tiny_model
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")

@@ -7,10 +7,11 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
 
 import fastblt
 from fastblt.config import BLTConfig, ConfigError, PatchingConfig, StackConfig, preset
+
+from helpers import tiny_model
 
 NAN, INF = float("nan"), float("inf")
 

@@ -14,15 +14,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from ..checkpoint import DEFAULT_MODEL, load
+from ..checkpoint import load
 from . import tasks as T
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the shipped model)")
-    p.add_argument("--max-new-bytes", type=int, default=128, help="bytes generated per prompt (default 128)")
-    p.add_argument("--humaneval", type=int, default=2, help="HumanEval prompts (default 2)")
-    p.add_argument("--translation", type=int, default=1, help="prompts per translation direction (default 1)")
 
 
 def _prompts(n_he: int, n_tr: int) -> list[tuple[str, bytes, tuple[bytes, ...]]]:

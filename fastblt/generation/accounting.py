@@ -24,9 +24,17 @@ from ..config import PAPER_COUNTS
 PAPER_EG_CALLS_PER_ITERATION = 2  # Fast BLT §5.1–5.2, as Tables 3–10 count a speculative iteration
 BYTES_PER_PARAM = 2  # eq. 8: 16-bit weights
 
-# The paper's 3B parameter counts (§4, hash tables excluded), defined once in config.PAPER_COUNTS.
-PAPER_3B_P_DEC = PAPER_COUNTS["3b"]["local_decoder"]
-PAPER_3B_P_ENC_GLOB = PAPER_COUNTS["3b"]["local_encoder"] + PAPER_COUNTS["3b"]["global"]
+
+
+def eq8_counts(counts: dict[str, float]) -> tuple[float, float]:
+    """(P_dec, P_enc + P_glob), the counts eq. 8 prices NFEs with, from per-component counts
+    (:func:`fastblt.model.params.param_breakdown` or ``config.PAPER_COUNTS``; hash tables and the
+    entropy model are not streamed, so not counted)."""
+    return counts["local_decoder"], counts["local_encoder"] + counts["global"]
+
+
+# The paper's 3B counts (§4.1, hash tables excluded), from their one home, config.PAPER_COUNTS.
+PAPER_3B_P_DEC, PAPER_3B_P_ENC_GLOB = eq8_counts(PAPER_COUNTS["3b"])
 
 
 @dataclass
@@ -79,12 +87,11 @@ def bandwidth_gb(decoder_nfe: float, global_nfe: float, p_dec: float, p_enc_glob
     return bytes_per_param * (decoder_nfe * p_dec + global_nfe * p_enc_glob) / 1e9
 
 
-def model_counts(model) -> tuple[int, int]:
+def model_counts(model) -> tuple[float, float]:
     """(P_dec, P_enc + P_glob) of a :class:`~fastblt.model.blt.BLT`, as eq. 8 reads them."""
     from ..model.params import param_breakdown
 
-    counts = param_breakdown(model)
-    return counts["local_decoder"], counts["local_encoder"] + counts["global"]
+    return eq8_counts(param_breakdown(model))
 
 
 def statistics(model, c: Counters, new_bytes: int, seconds: float) -> dict[str, Any]:

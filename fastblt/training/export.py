@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from .. import checkpoint
-from ..data.heldout import load_heldout
 from ..data.dataset import VAL_SEED, open_split
+from ..data.heldout import load_heldout
 from ..evaluation.likelihood import sequence_nll
 from .objectives import LN2, masked_slot_accuracy, slot_accuracy_report
 from .state import recover, resolve_model_dir, swap_in

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import BLOCK_PAD_ID, MASK_ID
+from ..config import BLOCK_PAD_ID, MASK_ID, OBJECTIVES
 from ..evaluation.likelihood import sequence_nll  # noqa: F401  (moved to evaluation; re-exported)
 from ..model.diffusion import (
     BlockLayout,
@@ -56,7 +56,6 @@ LN2 = math.log(2.0)
 
 
 T_EPS = 1e-3  # lower clamp of the BLT-D mask rate t (the 1/t weight explodes as t → 0)
-OBJECTIVES = ("entropy", "blt", "bltd")
 
 
 def row_generator(seed: int, step: int, row: int, stream: int = 0) -> torch.Generator:
