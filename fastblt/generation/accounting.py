@@ -76,7 +76,7 @@ class Counters:
 
     @property
     def acceptance_rate(self) -> float | None:
-        """accepted / drafted bytes (Fast BLT §6 "acceptance rate"); None when nothing was drafted."""
+        """accepted / drafted bytes (Fast BLT §5, Algorithm 2: the acceptance rate); None when nothing was drafted."""
         return self.accepted_bytes / self.drafted_bytes if self.drafted_bytes else None
 
 

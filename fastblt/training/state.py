@@ -1,4 +1,5 @@
-"""Run folders, atomic checkpoints and the optimisation schedule (Fast BLT §4; BLT §4.8 for AdamW).
+"""Run folders, atomic checkpoints and the optimisation schedule (Fast BLT, arXiv 2605.08044 §4;
+BLT, arXiv 2412.09871 §4.8 for AdamW).
 
 Layout of a run folder ``--out``:
     last/config.json, last/model.safetensors   weights (fastblt.checkpoint format, fp32)

@@ -14,7 +14,7 @@ Warm start (``--init-from DIR``, not in the paper): start from a trained BLT or 
 shape; its entropy model and patching come along (no ``--entropy-model`` needed). A plain BLT's
 byte table gets fresh MASK / BLOCK_PAD rows.
 
-Optimisation (paper notes §8.2): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1 on matrices, linear
+Optimisation (Fast BLT §4, App. A; BLT §4.8): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1 on matrices, linear
 warmup then cosine to 0 over ``--steps``, global grad-norm clip 1.0.
 
 Run folder (:mod:`fastblt.training.state`): an existing run is refused unless ``--resume`` or
