@@ -35,8 +35,9 @@ def chosen_command(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for ``argv``: every sub-command listed, the chosen one with its flags."""
-    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    """The parser: every sub-command listed; with ``argv``, only the sub-command it selects gets its
+    flags (what :func:`main` does, so that --help stays fast), without, every sub-command does."""
+    chosen = chosen_command(argv) if argv is not None else None
     parser = argparse.ArgumentParser(prog="fastblt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -50,7 +51,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             target = groups[parts[0]]
         p = target.add_parser(parts[-1], help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        if name != chosen:
+        if argv is not None and name != chosen:
             continue
         try:
             importlib.import_module(module).add_arguments(p)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser(argv)
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
