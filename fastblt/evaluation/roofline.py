@@ -258,7 +258,6 @@ def markdown(doc: dict[str, Any]) -> str:
 def run_roofline(args: argparse.Namespace) -> int:
     """The ``--roofline`` branch of ``fastblt bench``: writes roofline.json and roofline.md to --out."""
     from ..checkpoint import load
-
     from ..model.runtime import resolve_device
 
     device = resolve_device(args.device)

@@ -24,7 +24,6 @@ from .hashing import hash_ngram_ids, hash_ngram_rows
 from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask, fix_empty_rows
 from .masks import latent_cross_mask
 
-
 ROPE_MARGIN = 1024  # positions past max_seq_len a stack's RoPE table covers (BLT-D slots after the last byte)
 
 
