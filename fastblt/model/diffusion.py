@@ -21,7 +21,7 @@ Aligned layout (our extension, see the README's faithfulness notes). At inferenc
 where the previous one ended, mostly *inside* a patch, and reads a latent that the paper's training
 layout never produces. :func:`aligned_blocks` samples block starts m anywhere in the row and gives
 each block the latent its schedule reads there:
-- "provisional" (BLT-D and the paper schedule of BLT-DV, Fast BLT §4.2): the open patch
+- "provisional" (BLT-D and the paper schedule of BLT-DV, Fast BLT §3.1.1 and Algorithm 1): the open patch
   [s_open, m) pooled as if closed, on top of the closed patches before it. When m is itself a patch
   start, that is the closed patch ending at m − 1, as in the paper's layout. Otherwise an extra
   global-transformer row computes it (:func:`provisional_latents`: it attends the closed patches
@@ -38,7 +38,7 @@ import torch
 
 from ..config import BLOCK_PAD_ID, MASK_ID
 from ..patching import patches as P
-from .layers import causal_window_mask
+from .masks import block_self_mask, latent_cross_mask
 
 LATENT_KINDS = ("provisional", "fused")
 
@@ -131,7 +131,7 @@ def provisional_latents(model, h: torch.Tensor, patch_vecs: torch.Tensor, layout
     h [b, N, d_local] encoder byte states; patch_vecs [b, P, k·d_local] pooled closed patches.
     Provisional row q sits at global position ``layout.latent[q]`` (the open patch's index) and
     attends the closed patches before it and itself, so it equals the latent that generation
-    computes when the prefix ends at the block start (Fast BLT §4.2).
+    computes when the prefix ends at the block start (Fast BLT §3.1.1, Algorithm 1).
     """
     b, p, _ = patch_vecs.shape
     qn = layout.start.shape[1]
@@ -173,32 +173,21 @@ def corrupt(targets: torch.Tensor, t: torch.Tensor, generator: torch.Generator |
 
 def training_masks(starts: torch.Tensor, layout: BlockLayout, n_latents: int, k: int,
                    window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoder masks for [clean (N rows) ; slots (Q·B rows)].
+    """Decoder masks for [clean (N rows) ; slots (Q·B rows)] (Fast BLT §3.2, Fig. 5), built with
+    :func:`~fastblt.model.masks.block_self_mask` and :func:`~fastblt.model.masks.latent_cross_mask`.
 
     Returns (self_mask bool [b, 1, T, T], cross_mask bool [b, 1, T, n_latents·k]) with T = N + Q·B.
     """
     b, n1 = starts.shape
     n = n1 - 1
-    dev = starts.device
-    clean_pos = torch.arange(n, device=dev).expand(b, n)
-    slot_pos = layout.slot_positions
-    s = slot_pos.shape[1]
-    slot_start = layout.start.repeat_interleave(layout.size, dim=1)
-    slot_block, slot_valid = layout.slot_block, layout.slot_valid
-
-    cc = causal_window_mask(clean_pos, clean_pos, window)[:, 0]
-    cs = torch.zeros(b, n, s, dtype=torch.bool, device=dev)
-    sc = clean_pos[:, None, :] < slot_start[:, :, None]
-    if window is not None:
-        sc = sc & ((slot_pos[:, :, None] - clean_pos[:, None, :]) < window)
-    ss = (slot_block[:, :, None] == slot_block[:, None, :]) & slot_valid[:, :, None] & slot_valid[:, None, :]
-    self_mask = torch.cat([torch.cat([cc, cs], 2), torch.cat([sc, ss], 2)], 1)[:, None]
-
-    kv_latent = torch.arange(n_latents, device=dev).repeat_interleave(k)
-    clean_lat = P.decoder_patch_ids(starts)
-    slot_lat = torch.where(slot_valid, layout.latent.repeat_interleave(layout.size, dim=1), torch.full_like(slot_block, -1))
-    lat = torch.cat([clean_lat, slot_lat], 1)
-    cross_mask = (lat[:, :, None] == kv_latent[None, None, :])[:, None]
+    clean_pos = torch.arange(n, device=starts.device).expand(b, n)
+    slot_valid = layout.slot_valid
+    pos = torch.cat([clean_pos, layout.slot_positions], 1)
+    block = torch.cat([torch.full_like(clean_pos, -1), torch.where(slot_valid, layout.slot_block, -2)], 1)
+    start = torch.cat([torch.zeros_like(clean_pos), layout.start.repeat_interleave(layout.size, dim=1)], 1)
+    self_mask = block_self_mask(pos, block, start, pos, block, window)
+    slot_lat = torch.where(slot_valid, layout.latent.repeat_interleave(layout.size, dim=1), -1)
+    cross_mask = latent_cross_mask(torch.cat([P.decoder_patch_ids(starts), slot_lat], 1), n_latents, k)
     return self_mask, cross_mask
 
 
@@ -251,16 +240,12 @@ def block_logits_inference(model, prefix: torch.Tensor, slot_ids: torch.Tensor,
     n_lat = latents.shape[1]
     clean_pos = torch.arange(n, device=prefix.device).expand(b, n)
     slot_pos = torch.arange(n, n + bsz, device=prefix.device).expand(b, bsz)
-    window = model.cfg.decoder.window
-    cc = causal_window_mask(clean_pos, clean_pos, window)[:, 0]
-    cs = torch.zeros(b, n, bsz, dtype=torch.bool, device=prefix.device)
-    sc = causal_window_mask(slot_pos, clean_pos, window)[:, 0]
-    ss = torch.ones(b, bsz, bsz, dtype=torch.bool, device=prefix.device)
-    self_mask = torch.cat([torch.cat([cc, cs], 2), torch.cat([sc, ss], 2)], 1)[:, None]
-    kv_latent = torch.arange(n_lat, device=prefix.device).repeat_interleave(model.cfg.cross_attn_k)
+    pos = torch.cat([clean_pos, slot_pos], 1)
+    block = torch.cat([torch.full_like(clean_pos, -1), torch.zeros_like(slot_pos)], 1)
+    self_mask = block_self_mask(pos, block, torch.full_like(pos, n), pos, block, model.cfg.decoder.window)
     read = n_lat - 1 if latent == "provisional" else int(P.encoder_patch_ids(starts)[0, n - 1]) - 1
     lat = torch.cat([P.decoder_patch_ids(starts), torch.full((b, bsz), read, device=prefix.device)], 1)
-    cross_mask = (lat[:, :, None] == kv_latent[None, None, :])[:, None]
+    cross_mask = latent_cross_mask(lat, n_lat, model.cfg.cross_attn_k)
     x = torch.cat([h, model.slot_embeddings(slot_ids)], 1)
     out = model.local_decoder(x, torch.cat([clean_pos, slot_pos], 1), self_mask,
                               model.local_decoder.latent_vectors(latents), cross_mask)

@@ -253,7 +253,7 @@ class Objective(nn.Module):
 @torch.no_grad()
 def masked_slot_accuracy(model: nn.Module, rows: torch.Tensor, block_size: int, layout: str = "training",
                          t: float = 0.5, max_blocks: int = 32, seed: int = 0) -> float:
-    """Accuracy of argmax predictions at masked block slots (label-leak check, paper notes §11.2).
+    """Accuracy of argmax predictions at masked block slots (label-leak check: slots must not see the clean rows they reconstruct, Fast BLT §3.2, Fig. 5).
 
     rows [b, N + 1]; every slot is masked with probability ``t`` (same draw in both layouts).
     A deterministic sample of at most ``max_blocks`` valid blocks is scored:
