@@ -26,27 +26,28 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["--objective", "bltd", "--batch-size", "8", "--seq-len", "512", "--lr", "5e-4", "--steps", "100000",
         "--warmup", "20", "--eval-every", "0", "--save-every", "25", "--threads", "1", "--no-progress", "--no-plot"]
-WARM = ["--init-from", "fastblt/assets/blt_model"]
+RECIPE = {"--block-size": "8", "--blocks": "aligned", "--mask-norm": "sum", "--distill": "0.5",
+          "--init-from": "fastblt/assets/blt_model"}
+
+
+def variant(drop: tuple[str, ...] = (), **flags: str) -> list[str]:
+    """The base recipe's flags with ``flags`` (``block_size="4"`` → ``--block-size 4``) set and ``drop`` removed."""
+    merged = {**RECIPE, **{"--" + k.replace("_", "-"): v for k, v in flags.items()}}
+    return [x for k, v in merged.items() if k not in drop for x in (k, v)]
+
+
 # name → (description, flags on top of BASE)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "base": ("B=8, aligned blocks (1 per 16 bytes), literal sum, warm start, distill 0.5",
-             ["--block-size", "8", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0.5", *WARM]),
-    "b4": ("B=4 (else base)",
-           ["--block-size", "4", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0.5", *WARM]),
-    "b16": ("B=16 (else base)",
-            ["--block-size", "16", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0.5", *WARM]),
-    "mean": ("L_mask per valid slot (the old normalisation; else base)",
-             ["--block-size", "8", "--blocks", "aligned", "--mask-norm", "mean", "--distill", "0.5", *WARM]),
-    "no_distill": ("data targets only, λ = 0 (else base)",
-                   ["--block-size", "8", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0", *WARM]),
-    "patch": ("the paper's layout: one block per patch start, closed latent (else base)",
-              ["--block-size", "8", "--blocks", "patch", "--mask-norm", "sum", "--distill", "0.5", *WARM]),
+    "base": ("B=8, aligned blocks (1 per 16 bytes), literal sum, warm start, distill 0.5", variant()),
+    "b4": ("B=4 (else base)", variant(block_size="4")),
+    "b16": ("B=16 (else base)", variant(block_size="16")),
+    "mean": ("L_mask per valid slot (the old normalisation; else base)", variant(mask_norm="mean")),
+    "no_distill": ("data targets only, λ = 0 (else base)", variant(distill="0")),
+    "patch": ("the paper's layout: one block per patch start, closed latent (else base)", variant(blocks="patch")),
     "self": ("base + 2 of 8 rows from the model's own greedy continuations (--self-data)",
-             ["--block-size", "8", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0.5", *WARM,
-              "--self-data", "runs/self_data", "--self-rows", "2"]),
+             variant(self_data="runs/self_data", self_rows="2")),
     "scratch": ("from scratch, same entropy model (else base)",
-                ["--block-size", "8", "--blocks", "aligned", "--mask-norm", "sum", "--distill", "0.5",
-                 "--entropy-model", "runs/ablate/entropy_from_blt"]),
+                variant(drop=("--init-from",), entropy_model="runs/ablate/entropy_from_blt")),
 }
 
 

@@ -246,7 +246,7 @@ class _Payload:
 
 
 def test_crafted_trainer_state_is_never_unpickled(run_a, corpus, tmp_path):
-    """The issue's example: a crafted run folder ran code at --resume (torch.load(weights_only=False))."""
+    """The issue's example: a crafted run folder ran code at --resume, because the old loader unpickled it."""
     marker = tmp_path / "pwned"
     payload = _Payload()
     payload.marker = marker

@@ -51,6 +51,13 @@ def load_self_rows(folder: str | Path, seq_len: int) -> tuple[torch.Tensor, int]
     return torch.from_numpy(rows.astype(np.int64)), int(meta["prompt_len"])
 
 
+def _write_chunk(out: Path, index: int, rows: list[list[int]]) -> None:
+    """rows_{index}.npy (int64 [n, L]), written atomically."""
+    tmp = out / f".rows_{index:05d}.tmp.npy"
+    np.save(tmp, np.asarray(rows, dtype=np.int64))
+    os.replace(tmp, out / f"rows_{index:05d}.npy")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="model folder whose greedy output the rows hold")
@@ -93,16 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         buf.append([BOS_ID] + [b + OFFSET for b in prompt + r.bytes])
         done += 1
         if len(buf) == a.chunk:
-            tmp = out / f".rows_{n_chunk:05d}.tmp.npy"
-            np.save(tmp, np.asarray(buf, dtype=np.int64))
-            os.replace(tmp, out / f"rows_{n_chunk:05d}.npy")
+            _write_chunk(out, n_chunk, buf)
             n_chunk, buf = n_chunk + 1, []
             print(f"self_data: {n_chunk * a.chunk} rows, {done * a.new_bytes / (time.time() - t0):.0f} bytes/s",
                   flush=True)
     if buf:
-        tmp = out / f".rows_{n_chunk:05d}.tmp.npy"
-        np.save(tmp, np.asarray(buf, dtype=np.int64))
-        os.replace(tmp, out / f"rows_{n_chunk:05d}.npy")
+        _write_chunk(out, n_chunk, buf)
     return 0
 
 

@@ -105,18 +105,19 @@ def _init_objective(path: Path) -> str | None:
     return None
 
 
-def warm_start(model: BLT, path: str | Path, objective: str) -> BLT:
+def warm_start(model: BLT, path: str | Path, objective: str, src: BLT | None = None) -> BLT:
     """Copy a trained model's weights into ``model`` (same shape), patcher and patching included.
 
     A plain BLT's encoder byte table (260 rows) fills the first rows of a BLT-D's (262); MASK and
-    BLOCK_PAD keep their fresh initialisation. Raises ValueError for a model of another shape, an
-    entropy-model run, or a BLT-D trained for another block size.
+    BLOCK_PAD keep their fresh initialisation; ``src``: the model at ``path`` if already loaded.
+    Raises ValueError for a model of another shape, an entropy-model run, or a BLT-D trained for
+    another block size.
     """
     src_dir = resolve_model_dir(path)
     kind = _init_objective(src_dir)
     if kind == "entropy":
         raise ValueError(f"--init-from {src_dir}: an entropy-model run, not a trained BLT (objective {objective})")
-    src = checkpoint.load(src_dir).float()
+    src = (src if src is not None else checkpoint.load(src_dir)).float()
     a, b = src.cfg, model.cfg
     src_b, dst_b = a.diffusion_block_size, b.diffusion_block_size
     if src_b is not None and dst_b is not None and src_b != dst_b:
@@ -146,10 +147,10 @@ def build_model(args: argparse.Namespace) -> BLT:
     cfg = preset(args.preset, diffusion_block_size=args.block_size if args.objective == "bltd" else None)
     if args.objective != "entropy" and args.init_from is not None:
         src_dir = resolve_model_dir(args.init_from)
-        src_cfg = checkpoint.load(src_dir).cfg
-        cfg.entropy, cfg.patching = src_cfg.entropy, src_cfg.patching
+        src = checkpoint.load(src_dir)
+        cfg.entropy, cfg.patching = src.cfg.entropy, src.cfg.patching
         torch.manual_seed(args.seed)
-        return warm_start(BLT(cfg), src_dir, args.objective)
+        return warm_start(BLT(cfg), src_dir, args.objective, src)
     if args.objective != "entropy":
         ent, cal = load_entropy_run(args.entropy_model)
         cfg.entropy = ent.cfg.entropy
