@@ -118,16 +118,23 @@ def _read_config(path: Path) -> dict[str, Any]:
     cfg_path = path / CONFIG_NAME
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} is missing: {path} is not a model folder")
-    if not cfg_path.is_file():
-        raise ValueError(f"{cfg_path} is not a file")
+    return read_json_object(cfg_path)
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A JSON file holding an object. Raises FileNotFoundError / ValueError naming the file."""
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing")
+    if not file.is_file():
+        raise ValueError(f"{file} is not a file")
     try:
-        raw = json.loads(cfg_path.read_bytes())
+        raw = json.loads(file.read_bytes())
     except OSError as e:
-        raise ValueError(f"{cfg_path} cannot be read: {e.strerror or e}") from None
+        raise ValueError(f"{file} cannot be read: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+        raise ValueError(f"{file} must hold a JSON object, not {type(raw).__name__}")
     return raw
 
 

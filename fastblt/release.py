@@ -431,16 +431,8 @@ def read_params(where: Path) -> dict[str, Any]:
     if not edir.is_dir():
         raise FileNotFoundError(f"{edir} is missing: a release-layout BLT folder ({CONFIG_NAME} with 'args') needs "
                                 f"{ENTROPY_DIR}/{PARAMS_NAME} and {ENTROPY_DIR}/{ENTROPY_WEIGHTS}")
-    p = edir / PARAMS_NAME
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} is missing")
-    try:
-        params = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(params, dict):
-        raise ValueError(f"{p} must hold a JSON object, got {type(params).__name__}")
-    return params
+    from .checkpoint import read_json_object
+    return read_json_object(edir / PARAMS_NAME)
 
 
 def read_entropy_weights(where: Path) -> dict[str, torch.Tensor]:
