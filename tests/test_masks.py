@@ -70,9 +70,9 @@ def test_cached_block_pass_uses_the_same_masks():
     seen = {}
     real = m.local_decoder.forward
 
-    def spy(h, positions, self_mask, kv_, cross_mask, caches=None):
+    def spy(h, positions, self_mask, kv_, cross_mask, caches=None, packed=None):
         seen.update(q_pos=positions, self_mask=self_mask)
-        return real(h, positions, self_mask, kv_, cross_mask, caches)
+        return real(h, positions, self_mask, kv_, cross_mask, caches, packed)
 
     m.local_decoder.forward = spy
     with torch.no_grad():

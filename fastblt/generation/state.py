@@ -29,6 +29,8 @@ import torch
 from ..model.blt import BLT
 from ..model.layers import KVCache
 from ..model.masks import block_self_mask, latent_cross_mask
+from ..model.packed import decode_weights
+from ..model.packed import logits as packed_logits
 from ..patching import patches as P
 from .accounting import Counters
 
@@ -61,6 +63,7 @@ class BLTState:
 
     def __init__(self, model: BLT, counters: Counters | None = None, capacity: int = 1024):
         self.model, self.cfg = model, model.cfg
+        self.packs = decode_weights(model)  # fused, pre-transposed projections (model/packed.py)
         self.counters = counters if counters is not None else Counters()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -107,7 +110,7 @@ class BLTState:
     def _draft_cross_kv(self, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Projections of caller-given latent vectors, computed once per tensor (a draft reuses it)."""
         if self._draft_kv is None or self._draft_kv[0] is not kv:
-            self._draft_kv = (kv, self.model.local_decoder.cross_kv(kv))
+            self._draft_kv = (kv, self.model.local_decoder.cross_kv(kv, self.packs.decoder))
         return self._draft_kv[1]
 
     @property
@@ -146,7 +149,8 @@ class BLTState:
             return
         pcfg = self.cfg.patching
         if pcfg.mode == "entropy":
-            logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches)
+            logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches,
+                                        packed=self.packs.entropy)
             self.entropies.extend(P.entropies_from_logits(logits)[0].tolist())
             self.counters.entropy_nfe += 1
         for j in range(lo + 1, upto + 1):  # column j: does byte j start a patch?
@@ -163,7 +167,7 @@ class BLTState:
         if upto <= lo:
             return
         x = self.model.embed_incremental(self.ids, lo, upto)  # only the new bytes' hash n-grams
-        h = self.model.local_encoder(x, self._positions(lo, upto), self.enc_caches)
+        h = self.model.local_encoder(x, self._positions(lo, upto), self.enc_caches, packed=self.packs.encoder)
         self._h = _reserve(self._h, upto, 1)
         self._h[:, lo:upto] = h
         self.n_enc = upto
@@ -191,14 +195,14 @@ class BLTState:
             for q, (s, e) in enumerate(spans):
                 pid[0, s - b0:e - b0] = q
             vecs = self.model.local_encoder.pool(self.h[:, b0:b1], pid, len(spans))
-            latents = self.model.global_transformer(vecs, caches=self.glob_caches)
+            latents = self.model.global_transformer(vecs, caches=self.glob_caches, packed=self.packs.global_)
             self.counters.global_nfe += 1
             kv = self.model.local_decoder.latent_vectors(latents)
             a, b = lo_p * self.k, hi_p * self.k
             if b > a:
                 self._kv = _reserve(self._kv, b, 1)
                 self._kv[:, a:b] = kv[:, :b - a]
-                for i, (k_new, v_new) in enumerate(self.model.local_decoder.cross_kv(kv[:, :b - a])):
+                for i, (k_new, v_new) in enumerate(self.model.local_decoder.cross_kv(kv[:, :b - a], self.packs.decoder)):
                     k_buf, v_buf = _reserve(self._xkv[i][0], b, 2), _reserve(self._xkv[i][1], b, 2)
                     k_buf[:, :, a:b], v_buf[:, :, a:b] = k_new, v_new
                     self._xkv[i] = (k_buf, v_buf)
@@ -222,9 +226,9 @@ class BLTState:
     def _run_decoder(self, x: torch.Tensor, q_pos: torch.Tensor, self_mask: torch.Tensor | None, kv,
                      cross: torch.Tensor | None) -> torch.Tensor:
         """One local-decoder call on rows x [1, T, d] through the cache (one decoder NFE) → logits [1, T, 260] f32."""
-        out = self.model.local_decoder(x, q_pos, self_mask, kv, cross, self.dec_caches)
+        out = self.model.local_decoder(x, q_pos, self_mask, kv, cross, self.dec_caches, packed=self.packs.decoder)
         self.counters.decoder_nfe += 1
-        return self.model.lm_head(out).float()
+        return packed_logits(self.packs.decoder, out, None)
 
     def decode(self, upto: int | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder rows n_dec .. upto − 1 (one call) → logits [1, T, 260] float32.

@@ -23,6 +23,9 @@ from ..patching import patches as P
 from .hashing import hash_ngram_ids, hash_ngram_rows
 from .layers import Block, CrossAttention, KVCache, RMSNorm, RopeTable, causal_window_mask, fix_empty_rows
 from .masks import latent_cross_mask
+from .packed import PackedStack, run_blocks, run_decoder
+from .packed import cross_kv as packed_cross_kv
+from .packed import logits as packed_logits
 
 ROPE_MARGIN = 1024  # positions past max_seq_len a stack's RoPE table covers (BLT-D slots after the last byte)
 
@@ -51,9 +54,12 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.rope = RopeTable(cfg.head_dim, cfg.rope_theta, max_positions)
 
-    def run_layers(self, x, positions, mask, caches=None):
+    def run_layers(self, x, positions, mask, caches=None, packed: PackedStack | None = None):
         """x [B, T, dim] at ``positions`` [B, T]; mask over the keys each layer sees (see SelfAttention;
-        built by :func:`_self_mask`, so no row is fully masked)."""
+        built by :func:`_self_mask`, so no row is fully masked). packed: this stack's decode-time
+        weights (:func:`~fastblt.model.packed.decode_weights`; cached generation), run instead of the modules."""
+        if packed is not None:
+            return run_blocks(packed, x, positions, mask, caches)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, caches[i] if caches is not None else None)
@@ -75,17 +81,20 @@ class EntropyModel(Stack):
         self.lm_head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None) -> torch.Tensor:
+                caches: list[KVCache] | None = None, packed: PackedStack | None = None) -> torch.Tensor:
         """ids LongTensor [B, T] → next-byte logits [B, T, 260] (float32).
 
-        With ``caches``, ids are the next T bytes after the cached ones (positions continue).
+        With ``caches``, ids are the next T bytes after the cached ones (positions continue);
+        packed: decode-time weights (:meth:`Stack.run_layers`).
         """
         b, t = ids.shape
         if positions is None:
             start = caches[0].length if caches else 0
             positions = torch.arange(start, start + t, device=ids.device).expand(b, t)
         mask = _self_mask(positions, caches, self.cfg.window)
-        x = self.run_layers(self.embed_tokens(ids), positions, mask, caches)
+        x = self.run_layers(self.embed_tokens(ids), positions, mask, caches, packed)
+        if packed is not None:
+            return packed_logits(packed, x, self.norm.weight)
         return self.lm_head(self.norm(x)).float()
 
 
@@ -99,9 +108,10 @@ class LocalEncoder(Stack):
         n_x = cfg.n_layers if all_layers else 1
         self.cross_attn_layers = nn.ModuleList(CrossAttention(cfg.dim, cfg.n_heads, cfg.norm_eps) for _ in range(n_x))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, caches: list[KVCache] | None = None,
+                packed: PackedStack | None = None) -> torch.Tensor:
         """Byte embeddings x [B, T, d] → encoder byte states h [B, T, d] (no final norm)."""
-        return self.run_layers(x, positions, _self_mask(positions, caches, self.cfg.window), caches)
+        return self.run_layers(x, positions, _self_mask(positions, caches, self.cfg.window), caches, packed)
 
     def pool(self, h: torch.Tensor, patch_ids: torch.Tensor, n_patches: int) -> torch.Tensor:
         """Patch vectors by cross-attention pooling (BLT §3.2.2).
@@ -151,7 +161,8 @@ class GlobalTransformer(Stack):
             nn.Linear(input_dim, cfg.dim, bias=False) if input_dim != cfg.dim else None)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
-                caches: list[KVCache] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                caches: list[KVCache] | None = None, mask: torch.Tensor | None = None,
+                packed: PackedStack | None = None) -> torch.Tensor:
         """Patch vectors x [B, P, k·d_local] → latents [B, P, d_global] (causal over patches, no final norm).
 
         mask: optional bool [B, 1, P, P] replacing the causal mask (BLT-D training appends
@@ -164,7 +175,7 @@ class GlobalTransformer(Stack):
         if self.token_embedding_projection is not None:
             x = self.token_embedding_projection(x)
         mask = _self_mask(positions, caches, None) if mask is None else fix_empty_rows(mask)
-        return self.run_layers(x, positions, mask, caches)
+        return self.run_layers(x, positions, mask, caches, packed)
 
 
 class LocalDecoder(Stack):
@@ -182,21 +193,26 @@ class LocalDecoder(Stack):
         b, p, _ = latents.shape
         return self.patch_embedding_projection(latents).reshape(b, p * self.k, self.cfg.dim)
 
-    def cross_kv(self, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def cross_kv(self, kv: torch.Tensor, packed: PackedStack | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Latent vectors kv [B, M, d] → each cross-attention layer's (keys, values) [B, H, M, head_dim],
-        to compute once per latent and pass to :meth:`forward` instead of kv."""
+        to compute once per latent and pass to :meth:`forward` instead of kv (packed: with the
+        decode-time weights)."""
+        if packed is not None:
+            return packed_cross_kv(packed, kv)
         return [x.project_kv(kv) for x in self.cross_attn_layers]
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
                 kv: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
-                cross_mask: torch.Tensor | None, caches: list[KVCache] | None = None) -> torch.Tensor:
+                cross_mask: torch.Tensor | None, caches: list[KVCache] | None = None,
+                packed: PackedStack | None = None) -> torch.Tensor:
         """Decoder hidden states after the final norm, [B, T, d_local].
 
         h [B, T, d] input rows (encoder byte states, or BLT-D slot embeddings); positions [B, T];
         self_mask bool [B, 1, T, K] over key positions 0 .. L_cache + T − 1, or over the keys the
         caches return (``caches[0].first_key(T)`` .. L_cache + T − 1), or None for the causal
         sliding-window rule; kv [B, M, d] latent vectors from :meth:`latent_vectors` (or
-        their :meth:`cross_kv` projections); cross_mask bool [B, 1, T, M] (None: every row sees all of kv).
+        their :meth:`cross_kv` projections); cross_mask bool [B, 1, T, M] (None: every row sees all of kv);
+        packed: decode-time weights (:meth:`Stack.run_layers`).
         """
         if self_mask is None:
             self_mask = _self_mask(positions, caches, self.cfg.window)
@@ -206,6 +222,10 @@ class LocalDecoder(Stack):
                 if first and self_mask.shape[-1] == end:
                     self_mask = self_mask[..., first:]
             self_mask = fix_empty_rows(self_mask)
+        if packed is not None:
+            pairs = self.cross_kv(kv, packed) if isinstance(kv, torch.Tensor) else kv
+            return self.norm(run_decoder(packed, h, positions, self_mask, pairs, cross_mask, caches,
+                                         self.double_residual))
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.all_layers:
@@ -273,7 +293,7 @@ class BLT(nn.Module):
         rows = hash_ngram_rows(seq[lo:end], start - lo, cfg.hash_ngram_sizes, cfg.hash_vocab, cfg.hash_functions)
         dev = self.encoder_hash_tok_embedding.weight.device
         ids = torch.tensor([seq[start:end]], dtype=torch.long, device=dev)
-        rows_t = torch.tensor([rows], dtype=torch.long, device=dev)
+        rows_t = torch.from_numpy(rows).to(dev)[None]
         return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows_t).sum(-2)
 
     @torch.no_grad()

@@ -8,14 +8,16 @@ owns rows [t · vocab, (t + 1) · vocab).
 
 :func:`hash_ngram_ids` hashes whole sequences (tensors); :func:`hash_ngram_rows` hashes only
 given positions in plain Python integers (the same int64 arithmetic), for incremental generation,
-where each new byte needs just its own n-grams.
+where each new byte needs just its own n-grams (one small NumPy integer product).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 # The official primes; hash function f uses PRIMES[f].
 PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767,
@@ -64,28 +66,34 @@ def hash_ngram_ids(ids: torch.Tensor, ngram_sizes: tuple[int, ...], vocab: int, 
     return torch.stack(cols, dim=-1)
 
 
+@lru_cache(maxsize=None)
+def _power_matrix(ngram_sizes: tuple[int, ...], n_functions: int) -> np.ndarray:
+    """int64 [max_n, n_tables]: column t holds table t's powers prime^0 .. prime^(n−1) in its last n
+    rows, so that a window of the last max_n ids (oldest first) times the matrix is every hash."""
+    m = max(ngram_sizes)
+    cols = []
+    for f in range(n_functions):
+        prime = PRIMES[f % len(PRIMES)]
+        for n in ngram_sizes:
+            cols.append([0] * (m - n) + list(_powers(prime, n)))
+    return np.array(cols, dtype=np.int64).T.copy()
+
+
 def hash_ngram_rows(ids: Sequence[int], start: int, ngram_sizes: tuple[int, ...], vocab: int,
-                    n_functions: int = 1) -> list[list[int]]:
+                    n_functions: int = 1) -> np.ndarray:
     """Fused-table rows for positions start .. len(ids) − 1 only: equal to
-    ``hash_ngram_ids(torch.tensor([ids]), …)[0, start:].tolist()``, computed in Python integers.
+    ``hash_ngram_ids(torch.tensor([ids]), …)[0, start:]``, as an int64 array [T, n_tables].
 
     ids: BLT ids (the n-gram windows read up to max(ngram_sizes) − 1 ids before ``start``; earlier
     ones may be omitted by passing a suffix and shifting ``start``, since a window left of
-    position 0 reads BOE = 0). Cost per position: Σ n multiply-adds.
+    position 0 reads BOE = 0). One int64 product of the windows [T, max_n] with a power matrix
+    (NumPy integer arithmetic wraps around as torch's does).
     """
-    out = []
-    for i in range(start, len(ids)):
-        row, t = [], 0
-        for f in range(n_functions):
-            prime = PRIMES[f % len(PRIMES)]
-            for n in ngram_sizes:
-                pw = _powers(prime, n)
-                h = 0  # Σ_j window[j] · prime^j, window oldest first, left-padded with BOE = 0
-                for j in range(n):
-                    p = i - n + 1 + j
-                    if p >= 0:
-                        h += ids[p] * pw[j]
-                row.append(_wrap64(h) % vocab + t * vocab)
-                t += 1
-        out.append(row)
-    return out
+    m = max(ngram_sizes)
+    lo = start - (m - 1)
+    window = np.zeros(len(ids) - lo, dtype=np.int64)  # ids lo .. end − 1, BOE = 0 left of position 0
+    window[max(0, -lo):] = ids[max(0, lo):]
+    rows = sliding_window_view(window, m) @ _power_matrix(tuple(ngram_sizes), n_functions)
+    rows = np.remainder(rows, vocab, out=rows)
+    rows += np.arange(rows.shape[1], dtype=np.int64) * vocab
+    return rows

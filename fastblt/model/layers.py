@@ -12,6 +12,7 @@ projections are ``F.linear`` on the weights and sub-modules are entered through 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,14 +58,18 @@ class RopeTable:
         self.head_dim, self.theta, self.size = head_dim, theta, size
         self._tables: dict[torch.device, torch.Tensor] = {}
 
+    def table(self, device: torch.device) -> torch.Tensor:
+        """The whole table on ``device``: complex64 [size, head_dim / 2] (built on first use)."""
+        table = self._tables.get(device)
+        if table is None:
+            cos, sin = rope_cos_sin(torch.arange(self.size, device=device)[None], self.head_dim,
+                                    self.theta, torch.float32)
+            table = self._tables[device] = torch.complex(cos[0, 0], sin[0, 0])
+        return table
+
     def __call__(self, positions: torch.Tensor) -> torch.Tensor:
         """positions LongTensor [B, T] → complex64 rotations [B, 1, T, head_dim / 2]."""
-        table = self._tables.get(positions.device)
-        if table is None:
-            cos, sin = rope_cos_sin(torch.arange(self.size, device=positions.device)[None], self.head_dim,
-                                    self.theta, torch.float32)
-            table = self._tables[positions.device] = torch.complex(cos[0, 0], sin[0, 0])
-        return table[positions][:, None]
+        return self.table(positions.device)[positions][:, None]
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -93,6 +98,9 @@ class KVCache:
     (a prefill) reads the previous window − 1 positions, appends the new ones, and keeps the last R.
     Attention over these keys is the full-cache computation restricted to the keys its mask admits.
 
+    ``append`` takes torch tensors, or NumPy arrays (float32, CPU: :mod:`fastblt.model.npdecode`) and
+    then returns NumPy views of the same buffers.
+
     ``length``: positions held (the next append starts there). ``crop(n)`` rolls back to the first n
     positions. A ring can roll back only while positions n − window + 1 .. n − 1 are still held:
     at most ``slack`` positions behind the furthest write (ValueError otherwise).
@@ -109,6 +117,7 @@ class KVCache:
         self.capacity = capacity
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self._np: tuple[np.ndarray, np.ndarray] | None = None  # NumPy views of k, v (same memory)
         self.length = 0
         self.hi = -1  # furthest position ever written
 
@@ -128,25 +137,42 @@ class KVCache:
         lo, end = self.length, self.length + t  # new positions lo .. end − 1
         a, r = self.first_key(t), self.ring
         if self.k is None:
-            shape = (k.shape[0], k.shape[1], 2 * r, k.shape[3])
-            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
+            self._alloc(k, (k.shape[0], k.shape[1], 2 * r, k.shape[3]))
+        kb, vb = self._buffers(k)
         if t <= self.slack:
-            self._write(k, v, lo)
+            self._write(kb, vb, k, v, lo)
             s = a % r
-            out = self.k[:, :, s:s + end - a], self.v[:, :, s:s + end - a]
+            out = kb[:, :, s:s + end - a], vb[:, :, s:s + end - a]
         else:
             s = a % r
-            out = (torch.cat([self.k[:, :, s:s + lo - a], k], 2), torch.cat([self.v[:, :, s:s + lo - a], v], 2))
+            cat = np.concatenate if isinstance(k, np.ndarray) else torch.cat
+            out = cat([kb[:, :, s:s + lo - a], k], 2), cat([vb[:, :, s:s + lo - a], v], 2)
             m = min(t, r)
-            self._write(k[:, :, t - m:], v[:, :, t - m:], end - m)
+            self._write(kb, vb, k[:, :, t - m:], v[:, :, t - m:], end - m)
         self.length, self.hi = end, max(self.hi, end - 1)
         return out
 
-    def _write(self, k: torch.Tensor, v: torch.Tensor, p0: int) -> None:
+    def _alloc(self, like, shape: tuple[int, ...]) -> None:
+        """Zero buffers of ``shape`` with ``like``'s dtype and device (float32 CPU for NumPy arrays)."""
+        if isinstance(like, np.ndarray):
+            self.k, self.v = torch.zeros(shape), torch.zeros(shape)
+        else:
+            self.k, self.v = like.new_zeros(shape), like.new_zeros(shape)
+        self._np = None
+
+    def _buffers(self, like):
+        """(k, v) buffers as torch tensors, or as NumPy views when ``like`` is a NumPy array."""
+        if not isinstance(like, np.ndarray):
+            return self.k, self.v
+        if self._np is None:
+            self._np = (self.k.numpy(), self.v.numpy())
+        return self._np
+
+    def _write(self, kb, vb, k, v, p0: int) -> None:
         """Store m ≤ R consecutive positions p0 .. p0 + m − 1 in their slots and mirror slots."""
         r, m = self.ring, k.shape[2]
         s = p0 % r
-        for buf, x in ((self.k, k), (self.v, v)):
+        for buf, x in ((kb, k), (vb, v)):
             buf[:, :, s:s + m] = x
             if s + m <= r:
                 buf[:, :, s + r:s + r + m] = x
@@ -158,16 +184,16 @@ class KVCache:
         end = self.length + t
         if self.k is None or end > self.k.shape[2]:
             cap = max(self.capacity or 0, 64, 2 * t) if self.k is None else max(2 * self.k.shape[2], end)
-            nk = k.new_zeros(k.shape[0], k.shape[1], cap, k.shape[3])
-            nv = v.new_zeros(*nk.shape)
-            if self.k is not None:
-                nk[:, :, :self.length] = self.k[:, :, :self.length]
-                nv[:, :, :self.length] = self.v[:, :, :self.length]
-            self.k, self.v = nk, nv
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
+            old = (self.k, self.v)
+            self._alloc(k, (k.shape[0], k.shape[1], cap, k.shape[3]))
+            if old[0] is not None:
+                self.k[:, :, :self.length] = old[0][:, :, :self.length]
+                self.v[:, :, :self.length] = old[1][:, :, :self.length]
+        kb, vb = self._buffers(k)
+        kb[:, :, self.length:end] = k
+        vb[:, :, self.length:end] = v
         self.length, self.hi = end, max(self.hi, end - 1)
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return kb[:, :, :end], vb[:, :, :end]
 
     def crop(self, n: int) -> None:
         """Keep positions 0 .. n − 1. Raises ValueError for n outside [0, length] or, for a ring,

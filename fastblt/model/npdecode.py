@@ -1,0 +1,119 @@
+"""The packed decode-time forward (:mod:`fastblt.model.packed`) in NumPy, for float32 on CPU.
+
+Why a second implementation: at batch 1 a decode step is a chain of ~200 tiny operations over
+~12 MB of weights and KV caches, which on CPU is bound by per-operation dispatch and by how fast
+one core streams weights from memory. Measured on the 2-core AMD EPYC machine of this project
+(``scripts/bench_speed.py``, docs/speed.md): a NumPy operation costs ~0.5 µs against torch's
+~2 µs, and NumPy's OpenBLAS streams a [1, d] × [d, n] product from memory at about twice the
+rate of torch's MKL (which takes a generic path on AMD CPUs). The math is that of
+:mod:`fastblt.model.packed` line for line; tests check the two agree to 1e-5 and that every
+cached == uncached and lossless contract holds with either.
+
+Arrays are NumPy views of the packs' torch tensors (no copy): shapes as in :mod:`~fastblt.model.packed`,
+rows [B·T, dim], attention tensors [B, H, T, hd], masks bool [B or 1, 1, T, K] (True = attend).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import KVCache
+
+
+def norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm of rows x [N, dim] with weight w [dim] (float32)."""
+    if x.shape[0] == 1:  # a decode step: the sum of squares as one dot product, the scale in Python
+        r = x[0]
+        return x * (w * (1.0 / math.sqrt(float(np.dot(r, r)) / r.shape[0] + eps)))
+    ms = np.add.reduce(x * x, axis=-1, keepdims=True)
+    ms *= 1.0 / x.shape[-1]
+    ms += eps
+    return x * (1.0 / np.sqrt(ms, out=ms)) * w
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """softmax(q kᵀ / √hd) v with grouped KV heads: q [B, H, T, hd], k/v [B, H_kv, K, hd], mask bool
+    [B or 1, 1, T, K] or None (every row must admit a key) → [B, H, T, hd]."""
+    g = q.shape[1] // k.shape[1]
+    if g > 1:
+        k, v = np.repeat(k, g, 1), np.repeat(v, g, 1)
+    s = np.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.swapaxes(-1, -2))
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    s -= s.max(-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= np.add.reduce(s, axis=-1, keepdims=True)
+    return np.matmul(s, v)
+
+
+def block(ps, blk, h: np.ndarray, b: int, t: int, rope: np.ndarray, mask: np.ndarray | None,
+          cache: KVCache | None) -> np.ndarray:
+    """:func:`fastblt.model.packed.block` on rows h [B·T, dim]; rope complex64 [B, T, 1, hd / 2]."""
+    nh, nkv, hd = ps.n_heads, ps.n_kv_heads, ps.head_dim
+    qkv = norm(h, blk.attn_norm, ps.eps) @ blk.wqkv
+    qk = (qkv[:, :(nh + nkv) * hd].view(np.complex64).reshape(b, t, nh + nkv, hd // 2) * rope)
+    qk = qk.view(np.float32).reshape(b, t, nh + nkv, hd)  # interleaved-pair RoPE as a complex product
+    q, k = qk[:, :, :nh].transpose(0, 2, 1, 3), qk[:, :, nh:].transpose(0, 2, 1, 3)
+    v = qkv[:, (nh + nkv) * hd:].reshape(b, t, nkv, hd).transpose(0, 2, 1, 3)
+    if cache is not None:
+        k, v = cache.append(k, v)
+    out = attention(q, k, v, mask)
+    h = h + out.transpose(0, 2, 1, 3).reshape(b * t, nh * hd) @ blk.wo
+    gu = norm(h, blk.mlp_norm, ps.eps) @ blk.wgu
+    gate = gu[:, :ps.ffn_dim]
+    act = np.tanh(gate * 0.5)  # silu(g) = g · sigmoid(g) = g · (1 + tanh(g / 2)) / 2, without overflow
+    act += 1.0
+    act *= gate
+    act *= 0.5
+    act *= gu[:, ps.ffn_dim:]
+    return h + act @ blk.wd
+
+
+def run_blocks(ps, x: np.ndarray, positions: np.ndarray, mask: np.ndarray | None,
+               caches: list[KVCache] | None) -> np.ndarray:
+    """:func:`fastblt.model.packed.run_blocks`: x [B, T, dim] → [B, T, dim]."""
+    b, t, d = x.shape
+    rope = ps.rope[positions][:, :, None]
+    h = x.reshape(b * t, d)
+    for i, blk in enumerate(ps.blocks):
+        h = block(ps, blk, h, b, t, rope, mask, caches[i] if caches is not None else None)
+    return h.reshape(b, t, d)
+
+
+def cross_kv(ps, kv: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`fastblt.model.packed.cross_kv`: latent vectors [B, M, dim] → per layer (k, v) [B, H, M, hd]."""
+    b, m, d = kv.shape
+    rows = kv.reshape(b * m, d)
+    out = []
+    for cr in ps.cross:
+        kvp = norm(rows, cr.k_norm, ps.eps) @ cr.wkv
+        out.append((kvp[:, :d].reshape(b, m, ps.n_heads, -1).transpose(0, 2, 1, 3),
+                    kvp[:, d:].reshape(b, m, ps.n_heads, -1).transpose(0, 2, 1, 3)))
+    return out
+
+
+def run_decoder(ps, h: np.ndarray, positions: np.ndarray, self_mask: np.ndarray | None,
+                kv: list[tuple[np.ndarray, np.ndarray]], cross_mask: np.ndarray | None,
+                caches: list[KVCache] | None, double_residual: bool) -> np.ndarray:
+    """:func:`fastblt.model.packed.run_decoder`: rows h [B, T, dim] → [B, T, dim] before the final norm."""
+    b, t, d = h.shape
+    rope = ps.rope[positions][:, :, None]
+    rows = h.reshape(b * t, d)
+    for i, blk in enumerate(ps.blocks):
+        if i < len(ps.cross):
+            cr = ps.cross[i]
+            q = (norm(rows, cr.q_norm, ps.eps) @ cr.wq).reshape(b, t, ps.n_heads, -1).transpose(0, 2, 1, 3)
+            a = attention(q, kv[i][0], kv[i][1], cross_mask).transpose(0, 2, 1, 3).reshape(b * t, d) @ cr.wo
+            rows = a + (rows + rows if double_residual else rows)
+        rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
+    return rows.reshape(b, t, d)
+
+
+def logits(ps, h: np.ndarray, final_norm: np.ndarray | None) -> np.ndarray:
+    """:func:`fastblt.model.packed.logits`: hidden [B, T, dim] → float32 logits [B, T, 260]."""
+    b, t, d = h.shape
+    rows = h.reshape(b * t, d)
+    if final_norm is not None:
+        rows = norm(rows, final_norm, ps.eps)
+    return (rows @ ps.head).reshape(b, t, -1)

@@ -1,0 +1,254 @@
+"""Decode-time weight layout: fused, pre-transposed projection matrices for cached generation
+(issue 11; the math is BLT arXiv 2412.09871 §3 unchanged).
+
+Decoding one byte at batch 1 runs a few dozen tiny matmuls ([1, 128] × [128, 512] on the shipped
+model), whose cost is dispatch, not FLOPs. Packing cuts the number of kernels per block from ten
+(seven projections + two norms + the SwiGLU product) to four matmuls plus the elementwise work:
+
+    wqkv [dim, (H + 2·H_kv)·hd]   q, k and v projections in one matmul (RoPE on q and k in one product)
+    wo   [H·hd, dim]
+    wgu  [dim, 2·ffn]             SwiGLU gate and up in one matmul
+    wd   [ffn, dim]
+
+each stored transposed and contiguous (``x @ w`` with ``torch.mm``, the fastest layout for one
+row). Norm weights are used as they are (``F.rms_norm`` with its weight), so each layer computes
+the module path's formula; only the matmul blocking differs (float reassociation, ≤ 1e-5 here).
+
+:func:`decode_weights` builds the packs of a :class:`~fastblt.model.blt.BLT` once and caches them on
+the model, rebuilt when any parameter changes (its storage, dtype, device or in-place version).
+The stacks' ``forward(..., packed=...)`` run :func:`run_blocks` / :func:`cross_attend` instead of
+their modules; only :class:`~fastblt.generation.state.BLTState` passes packs (training and the
+uncached reference run the modules).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import npdecode
+from .layers import KVCache, fix_empty_rows
+
+NUMPY = True  # float32 CPU packs run through fastblt.model.npdecode (False: the torch code below everywhere)
+
+
+@dataclass(frozen=True)
+class PackedBlock:
+    """One transformer block's projections (see the module docstring for the shapes) and norm weights [dim]."""
+    attn_norm: torch.Tensor
+    wqkv: torch.Tensor
+    wo: torch.Tensor
+    mlp_norm: torch.Tensor
+    wgu: torch.Tensor
+    wd: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PackedCross:
+    """One decoder cross-attention layer: wq, wo [dim, dim]; wkv [dim, 2·dim] (keys then values of the
+    latent vectors); q_norm, k_norm [dim]."""
+    q_norm: torch.Tensor
+    wq: torch.Tensor
+    wo: torch.Tensor
+    k_norm: torch.Tensor
+    wkv: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PackedStack:
+    """A stack's blocks, its RoPE table (complex64 [positions, hd / 2]) and shape constants.
+
+    head: the output projection [dim, 260] transposed (entropy model, local decoder), else None;
+    cross: the decoder's cross-attention layers (empty for other stacks); np: the same pack as
+    NumPy views, set for float32 CPU weights (the functions below then run :mod:`~fastblt.model.npdecode`)."""
+    blocks: tuple[PackedBlock, ...]
+    rope: torch.Tensor
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    eps: float
+    head: torch.Tensor | None = None
+    cross: tuple[PackedCross, ...] = ()
+    np: PackedStack | None = None
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    """The packs of a BLT's four components (entropy None for a model patched without one)."""
+    entropy: PackedStack | None
+    encoder: PackedStack
+    global_: PackedStack
+    decoder: PackedStack
+
+
+def _t(*ws: torch.Tensor) -> torch.Tensor:
+    """nn.Linear weights [out_i, in] stacked on the output axis and transposed: [in, Σ out_i], contiguous."""
+    return torch.cat(ws, 0).t().contiguous()
+
+
+def pack_stack(stack, head: torch.nn.Linear | None = None, cross=()) -> PackedStack:
+    """Pack a :class:`~fastblt.model.blt.Stack` (and optionally its output head and cross-attention layers)."""
+    cfg = stack.cfg
+    blocks = []
+    for layer in stack.layers:
+        sa, mlp = layer.self_attn, layer.mlp
+        blocks.append(PackedBlock(layer.input_layernorm.weight.detach(),
+                                  _t(sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight), _t(sa.o_proj.weight),
+                                  layer.post_attention_layernorm.weight.detach(),
+                                  _t(mlp.gate_proj.weight, mlp.up_proj.weight), _t(mlp.down_proj.weight)))
+    crosses = tuple(PackedCross(x.q_norm.weight.detach(), _t(x.q_proj.weight), _t(x.o_proj.weight),
+                                x.k_norm.weight.detach(), _t(x.k_proj.weight, x.v_proj.weight)) for x in cross)
+    w = stack.layers[0].self_attn.q_proj.weight
+    rope = stack.rope.table(w.device)
+    ps = PackedStack(tuple(blocks), rope, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.norm_eps,
+                     _t(head.weight) if head is not None else None, crosses)
+    return replace(ps, np=_numpy_twin(ps))
+
+
+def _numpy_twin(ps: PackedStack) -> PackedStack | None:
+    """The pack with every tensor as a NumPy view (float32 CPU packs, when :data:`NUMPY`), else None."""
+    w = ps.blocks[0].wqkv
+    if not NUMPY or w.device.type != "cpu" or w.dtype != torch.float32:
+        return None
+
+    def view(obj):
+        return replace(obj, **{f.name: getattr(obj, f.name).numpy() for f in fields(obj)})
+
+    return replace(ps, blocks=tuple(view(b) for b in ps.blocks), cross=tuple(view(c) for c in ps.cross),
+                   rope=ps.rope.numpy(), head=ps.head.numpy() if ps.head is not None else None)
+
+
+def _key(model) -> tuple:
+    return (NUMPY,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+
+
+def decode_weights(model) -> DecodeWeights:
+    """The packs of ``model`` (a BLT), built on first use and cached on the model until a parameter
+    changes. Cost: one copy of the stacks' projection weights (the hash tables are not copied)."""
+    key = _key(model)
+    cached = getattr(model, "_decode_weights", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in and out of inference mode
+        dw = DecodeWeights(
+            pack_stack(model.patcher, model.patcher.lm_head) if model.patcher is not None else None,
+            pack_stack(model.local_encoder), pack_stack(model.global_transformer),
+            pack_stack(model.local_decoder, model.lm_head, model.local_decoder.cross_attn_layers))
+    object.__setattr__(model, "_decode_weights", (key, dw))  # not a submodule, not in state_dict
+    return dw
+
+
+def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of rows x [N, dim] with weight w, computed in float32 as :class:`~fastblt.model.layers.RMSNorm`."""
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        return F.rms_norm(x, w.shape, w, eps)
+    xf = x.float()
+    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def run_blocks(ps: PackedStack, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+               caches: list[KVCache] | None = None) -> torch.Tensor:
+    """Every block of the stack on x [B, T, dim] at ``positions`` [B, T] (mask and caches as
+    :meth:`~fastblt.model.blt.Stack.run_layers`). Returns [B, T, dim]."""
+    if ps.np is not None:
+        return torch.from_numpy(npdecode.run_blocks(ps.np, _np(x), _np(positions), _np(mask), caches))
+    b, t, d = x.shape
+    rope = ps.rope[positions][:, :, None]  # [B, T, 1, hd / 2]
+    h = x.reshape(b * t, d)
+    for i, blk in enumerate(ps.blocks):
+        h = block(ps, blk, h, b, t, rope, mask, caches[i] if caches is not None else None)
+    return h.view(b, t, d)
+
+
+def block(ps: PackedStack, blk: PackedBlock, h: torch.Tensor, b: int, t: int, rope: torch.Tensor,
+          mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    """One pre-norm block (:class:`~fastblt.model.layers.Block`) on rows h [B·T, dim]."""
+    nh, nkv, hd = ps.n_heads, ps.n_kv_heads, ps.head_dim
+    qkv = torch.mm(_norm(h, blk.attn_norm, ps.eps), blk.wqkv)
+    qk = qkv[:, :(nh + nkv) * hd].reshape(b, t, nh + nkv, hd // 2, 2)
+    if qk.dtype != torch.float32:
+        qk = qk.float()
+    qk = torch.view_as_real(torch.view_as_complex(qk) * rope).flatten(-2).to(h.dtype)  # interleaved-pair RoPE
+    q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)
+    v = qkv[:, (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
+    if cache is not None:
+        k, v = cache.append(k, v)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
+    h = h + torch.mm(out.transpose(1, 2).reshape(b * t, nh * hd), blk.wo)
+    gu = torch.mm(_norm(h, blk.mlp_norm, ps.eps), blk.wgu)
+    return h + torch.mm(F.silu(gu[:, :ps.ffn_dim]) * gu[:, ps.ffn_dim:], blk.wd)
+
+
+def cross_kv(ps: PackedStack, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each cross-attention layer's keys and values [B, H, M, hd] of latent vectors kv [B, M, dim]
+    (:meth:`~fastblt.model.blt.LocalDecoder.cross_kv`)."""
+    if ps.np is not None:
+        return [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in npdecode.cross_kv(ps.np, _np(kv))]
+    b, m, d = kv.shape
+    rows = kv.reshape(b * m, d)
+    out = []
+    for cr in ps.cross:
+        kvp = torch.mm(_norm(rows, cr.k_norm, ps.eps), cr.wkv)
+        out.append((kvp[:, :d].view(b, m, ps.n_heads, -1).transpose(1, 2),
+                    kvp[:, d:].view(b, m, ps.n_heads, -1).transpose(1, 2)))
+    return out
+
+
+def cross_attend(ps: PackedStack, cr: PackedCross, h: torch.Tensor, b: int, t: int,
+                 kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                 double_residual: bool) -> torch.Tensor:
+    """A decoder cross-attention layer (:class:`~fastblt.model.layers.CrossAttention`) on rows h [B·T, dim]
+    over projected latents kv; returns the new rows (the residual added once, or twice when
+    ``double_residual``)."""
+    d = h.shape[1]
+    q = torch.mm(_norm(h, cr.q_norm, ps.eps), cr.wq).view(b, t, ps.n_heads, -1).transpose(1, 2)
+    if mask is not None:
+        mask = fix_empty_rows(mask)
+    out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+    a = torch.mm(out.transpose(1, 2).reshape(b * t, d), cr.wo)
+    return torch.add(a, h, alpha=2) if double_residual else a + h
+
+
+def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
+                kv: list[tuple[torch.Tensor, torch.Tensor]], cross_mask: torch.Tensor | None,
+                caches: list[KVCache] | None, double_residual: bool) -> torch.Tensor:
+    """The local decoder's layers (:meth:`~fastblt.model.blt.LocalDecoder.forward`) on rows h [B, T, dim]:
+    layer i cross-attends kv[i] (the projected latents, :func:`cross_kv`) when it has a
+    cross-attention layer, then runs its block. Returns [B, T, dim] before the final norm."""
+    if ps.np is not None:
+        if cross_mask is not None:
+            cross_mask = fix_empty_rows(cross_mask)
+        out = npdecode.run_decoder(ps.np, _np(h), _np(positions), _np(self_mask),
+                                   [(_np(k), _np(v)) for k, v in kv], _np(cross_mask), caches, double_residual)
+        return torch.from_numpy(out)
+    b, t, d = h.shape
+    rope = ps.rope[positions][:, :, None]
+    rows = h.reshape(b * t, d)
+    for i, blk in enumerate(ps.blocks):
+        if i < len(ps.cross):
+            rows = cross_attend(ps, ps.cross[i], rows, b, t, kv[i], cross_mask, double_residual)
+        rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
+    return rows.view(b, t, d)
+
+
+def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.Tensor:
+    """Output head on hidden states h [B, T, dim]: RMSNorm with ``final_norm`` [dim] (None: h is
+    already normalised) then the head → float32 logits [B, T, 260]."""
+    if ps.np is not None:
+        return torch.from_numpy(npdecode.logits(ps.np, _np(h), _np(final_norm)))
+    b, t, d = h.shape
+    rows = h.reshape(b * t, d)
+    if final_norm is not None:
+        rows = _norm(rows, final_norm, ps.eps)
+    return torch.mm(rows, ps.head).view(b, t, -1).float()
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    """A CPU tensor as a NumPy view (None stays None); a tensor that requires grad is detached: packs
+    serve generation only, no gradient flows through them."""
+    if t is None:
+        return None
+    return t.detach().numpy() if t.requires_grad else t.numpy()
