@@ -8,6 +8,7 @@ accounting: always generate L bytes) suppresses it too.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -95,6 +96,12 @@ def suppress(logits: torch.Tensor, ignore_eos: bool = False) -> torch.Tensor:
     return logits.float() + bias
 
 
+@functools.lru_cache(maxsize=None)
+def _bias_np(vocab: int, ignore_eos: bool) -> np.ndarray:
+    """:func:`suppress`'s bias row as a NumPy array (cached)."""
+    return suppress(torch.zeros(vocab), ignore_eos).numpy()
+
+
 def filtered_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Logits [..., V] after suppression, temperature, top-k and top-p (removed ids at −inf).
 
@@ -149,6 +156,11 @@ class Sampler:
 
     def pick(self, logits: torch.Tensor) -> int:
         """Batch-1 convenience: logits [1, V] (or [V]) → one id."""
+        if self.params.greedy and logits.device.type == "cpu" and logits.dtype == torch.float32:
+            row = logits.detach().reshape(-1).numpy()  # one decode step: the same argmax in NumPy, ~10x less overhead
+            if not np.isfinite(row).all():
+                suppress(logits)  # raises NonFiniteLogitsError
+            return int(np.argmax(row + _bias_np(row.shape[0], self.params.ignore_eos)))
         return int(self.sample(logits.reshape(1, -1))[0])
 
     def suppress(self, logits: torch.Tensor) -> torch.Tensor:

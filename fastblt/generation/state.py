@@ -26,11 +26,10 @@ from bisect import bisect_right
 
 import torch
 
+from ..model import packed as PK
 from ..model.blt import BLT
 from ..model.layers import KVCache
 from ..model.masks import block_self_mask, latent_cross_mask
-from ..model.packed import decode_weights
-from ..model.packed import logits as packed_logits
 from ..patching import patches as P
 from .accounting import Counters
 
@@ -63,7 +62,7 @@ class BLTState:
 
     def __init__(self, model: BLT, counters: Counters | None = None, capacity: int = 1024):
         self.model, self.cfg = model, model.cfg
-        self.packs = decode_weights(model)  # fused, pre-transposed projections (model/packed.py)
+        self.packs = PK.decode_weights(model)  # fused, pre-transposed projections (model/packed.py)
         self.counters = counters if counters is not None else Counters()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
@@ -151,6 +150,8 @@ class BLTState:
         if pcfg.mode == "entropy":
             logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches,
                                         packed=self.packs.entropy)
+            if self.packs.encoder.np is not None:  # float32 on CPU: in NumPy, like the stacks
+                logits = PK.as_numpy(logits)
             self.entropies.extend(P.entropies_from_logits(logits)[0].tolist())
             self.counters.entropy_nfe += 1
         for j in range(lo + 1, upto + 1):  # column j: does byte j start a patch?
@@ -191,13 +192,16 @@ class BLTState:
             spans.append(open_span)
         if spans:
             b0, b1 = spans[0][0], spans[-1][1]
-            pid = torch.full((1, b1 - b0), -1, dtype=torch.long, device=self.device)
-            for q, (s, e) in enumerate(spans):
-                pid[0, s - b0:e - b0] = q
-            vecs = self.model.local_encoder.pool(self.h[:, b0:b1], pid, len(spans))
+            if len(spans) == 1:  # a decode step closes one patch
+                vecs = PK.pool_one(self.model.local_encoder, self.packs.encoder, self.h[:, b0:b1])
+            else:
+                pid = torch.full((1, b1 - b0), -1, dtype=torch.long, device=self.device)
+                for q, (s, e) in enumerate(spans):
+                    pid[0, s - b0:e - b0] = q
+                vecs = self.model.local_encoder.pool(self.h[:, b0:b1], pid, len(spans))
             latents = self.model.global_transformer(vecs, caches=self.glob_caches, packed=self.packs.global_)
             self.counters.global_nfe += 1
-            kv = self.model.local_decoder.latent_vectors(latents)
+            kv = PK.latent_vectors(self.model.local_decoder, self.packs.decoder, latents)
             a, b = lo_p * self.k, hi_p * self.k
             if b > a:
                 self._kv = _reserve(self._kv, b, 1)
@@ -228,7 +232,7 @@ class BLTState:
         """One local-decoder call on rows x [1, T, d] through the cache (one decoder NFE) → logits [1, T, 260] f32."""
         out = self.model.local_decoder(x, q_pos, self_mask, kv, cross, self.dec_caches, packed=self.packs.decoder)
         self.counters.decoder_nfe += 1
-        return packed_logits(self.packs.decoder, out, None)
+        return PK.logits(self.packs.decoder, out, None)
 
     def decode(self, upto: int | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder rows n_dec .. upto − 1 (one call) → logits [1, T, 260] float32.

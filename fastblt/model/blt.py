@@ -224,8 +224,8 @@ class LocalDecoder(Stack):
             self_mask = fix_empty_rows(self_mask)
         if packed is not None:
             pairs = self.cross_kv(kv, packed) if isinstance(kv, torch.Tensor) else kv
-            return self.norm(run_decoder(packed, h, positions, self_mask, pairs, cross_mask, caches,
-                                         self.double_residual))
+            return run_decoder(packed, h, positions, self_mask, pairs, cross_mask, caches, self.double_residual,
+                               self.norm.weight)
         rope = self.rope(positions)
         for i, layer in enumerate(self.layers):
             if i == 0 or self.all_layers:
@@ -291,9 +291,13 @@ class BLT(nn.Module):
         end = len(seq) if end is None else end
         lo = max(0, start - max(cfg.hash_ngram_sizes) + 1)
         rows = hash_ngram_rows(seq[lo:end], start - lo, cfg.hash_ngram_sizes, cfg.hash_vocab, cfg.hash_functions)
-        dev = self.encoder_hash_tok_embedding.weight.device
-        ids = torch.tensor([seq[start:end]], dtype=torch.long, device=dev)
-        rows_t = torch.from_numpy(rows).to(dev)[None]
+        table, byte_table = self.encoder_hash_tok_embedding.weight, self.local_encoder.embed_tokens.weight
+        if table.device.type == "cpu" and table.dtype == torch.float32 and not torch.is_grad_enabled():
+            # generation: gather in NumPy (same summation order, so equal to the torch path bit for bit)
+            x = byte_table.numpy()[seq[start:end]] + table.numpy()[rows].sum(1)
+            return torch.from_numpy(x)[None]
+        ids = torch.tensor([seq[start:end]], dtype=torch.long, device=table.device)
+        rows_t = torch.from_numpy(rows).to(table.device)[None]
         return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(rows_t).sum(-2)
 
     @torch.no_grad()

@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 # The official primes; hash function f uses PRIMES[f].
 PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899, 9576890767,
@@ -93,7 +92,9 @@ def hash_ngram_rows(ids: Sequence[int], start: int, ngram_sizes: tuple[int, ...]
     lo = start - (m - 1)
     window = np.zeros(len(ids) - lo, dtype=np.int64)  # ids lo .. end − 1, BOE = 0 left of position 0
     window[max(0, -lo):] = ids[max(0, lo):]
-    rows = sliding_window_view(window, m) @ _power_matrix(tuple(ngram_sizes), n_functions)
+    t = len(window) - m + 1
+    windows = window.reshape(1, m) if t == 1 else window[np.arange(t)[:, None] + np.arange(m)]  # [T, max_n]
+    rows = windows @ _power_matrix(tuple(ngram_sizes), n_functions)
     rows = np.remainder(rows, vocab, out=rows)
     rows += np.arange(rows.shape[1], dtype=np.int64) * vocab
     return rows

@@ -95,8 +95,8 @@ def cross_kv(ps, kv: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def run_decoder(ps, h: np.ndarray, positions: np.ndarray, self_mask: np.ndarray | None,
                 kv: list[tuple[np.ndarray, np.ndarray]], cross_mask: np.ndarray | None,
-                caches: list[KVCache] | None, double_residual: bool) -> np.ndarray:
-    """:func:`fastblt.model.packed.run_decoder`: rows h [B, T, dim] → [B, T, dim] before the final norm."""
+                caches: list[KVCache] | None, double_residual: bool, final_norm: np.ndarray) -> np.ndarray:
+    """:func:`fastblt.model.packed.run_decoder`: rows h [B, T, dim] → [B, T, dim] after the final norm."""
     b, t, d = h.shape
     rope = ps.rope[positions][:, :, None]
     rows = h.reshape(b * t, d)
@@ -107,7 +107,22 @@ def run_decoder(ps, h: np.ndarray, positions: np.ndarray, self_mask: np.ndarray 
             a = attention(q, kv[i][0], kv[i][1], cross_mask).transpose(0, 2, 1, 3).reshape(b * t, d) @ cr.wo
             rows = a + (rows + rows if double_residual else rows)
         rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
-    return rows.reshape(b, t, d)
+    return norm(rows, final_norm, ps.eps).reshape(b, t, d)
+
+
+def pool_one(ps, h: np.ndarray, k: int, double_residual: bool) -> np.ndarray:
+    """:func:`fastblt.model.packed.pool_one`: one patch's byte states h [L, d] → its vector [1, 1, k·d]:
+    max-pool, k queries, one cross-attention over the patch's bytes (ps.cross[0], ps.proj)."""
+    cr, (n, d) = ps.cross[0], h.shape
+    q = (h.max(0, keepdims=True) @ ps.proj).reshape(k, d)
+    qh = (norm(q, cr.q_norm, ps.eps) @ cr.wq).reshape(1, k, ps.n_heads, -1).transpose(0, 2, 1, 3)
+    kv = norm(h, cr.k_norm, ps.eps) @ cr.wkv
+    kh = kv[:, :d].reshape(1, n, ps.n_heads, -1).transpose(0, 2, 1, 3)
+    vh = kv[:, d:].reshape(1, n, ps.n_heads, -1).transpose(0, 2, 1, 3)
+    out = q + attention(qh, kh, vh, None).transpose(0, 2, 1, 3).reshape(k, d) @ cr.wo
+    if double_residual:
+        out = out + q
+    return out.reshape(1, 1, k * d)
 
 
 def logits(ps, h: np.ndarray, final_norm: np.ndarray | None) -> np.ndarray:

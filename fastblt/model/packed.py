@@ -61,7 +61,9 @@ class PackedStack:
     """A stack's blocks, its RoPE table (complex64 [positions, hd / 2]) and shape constants.
 
     head: the output projection [dim, 260] transposed (entropy model, local decoder), else None;
-    cross: the decoder's cross-attention layers (empty for other stacks); np: the same pack as
+    cross: the decoder's cross-attention layers, or the encoder's pooling cross-attention (BLT §3.2.2);
+    proj: the stack's patch projection transposed — encoder: max-pool → k pooling queries
+    [d_local, k·d_local]; decoder: latent → k cross-attention vectors [d_global, k·d_local]; np: the same pack as
     NumPy views, set for float32 CPU weights (the functions below then run :mod:`~fastblt.model.npdecode`)."""
     blocks: tuple[PackedBlock, ...]
     rope: torch.Tensor
@@ -72,6 +74,7 @@ class PackedStack:
     eps: float
     head: torch.Tensor | None = None
     cross: tuple[PackedCross, ...] = ()
+    proj: torch.Tensor | None = None
     np: PackedStack | None = None
 
 
@@ -89,8 +92,10 @@ def _t(*ws: torch.Tensor) -> torch.Tensor:
     return torch.cat(ws, 0).t().contiguous()
 
 
-def pack_stack(stack, head: torch.nn.Linear | None = None, cross=()) -> PackedStack:
-    """Pack a :class:`~fastblt.model.blt.Stack` (and optionally its output head and cross-attention layers)."""
+def pack_stack(stack, head: torch.nn.Linear | None = None, cross=(),
+               proj: torch.nn.Linear | None = None) -> PackedStack:
+    """Pack a :class:`~fastblt.model.blt.Stack` (and optionally its output head, cross-attention
+    layers and patch projection)."""
     cfg = stack.cfg
     blocks = []
     for layer in stack.layers:
@@ -104,7 +109,8 @@ def pack_stack(stack, head: torch.nn.Linear | None = None, cross=()) -> PackedSt
     w = stack.layers[0].self_attn.q_proj.weight
     rope = stack.rope.table(w.device)
     ps = PackedStack(tuple(blocks), rope, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.norm_eps,
-                     _t(head.weight) if head is not None else None, crosses)
+                     _t(head.weight) if head is not None else None, crosses,
+                     _t(proj.weight) if proj is not None else None)
     return replace(ps, np=_numpy_twin(ps))
 
 
@@ -118,7 +124,8 @@ def _numpy_twin(ps: PackedStack) -> PackedStack | None:
         return replace(obj, **{f.name: getattr(obj, f.name).numpy() for f in fields(obj)})
 
     return replace(ps, blocks=tuple(view(b) for b in ps.blocks), cross=tuple(view(c) for c in ps.cross),
-                   rope=ps.rope.numpy(), head=ps.head.numpy() if ps.head is not None else None)
+                   rope=ps.rope.numpy(), head=ps.head.numpy() if ps.head is not None else None,
+                   proj=ps.proj.numpy() if ps.proj is not None else None)
 
 
 def _key(model) -> tuple:
@@ -135,8 +142,11 @@ def decode_weights(model) -> DecodeWeights:
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in and out of inference mode
         dw = DecodeWeights(
             pack_stack(model.patcher, model.patcher.lm_head) if model.patcher is not None else None,
-            pack_stack(model.local_encoder), pack_stack(model.global_transformer),
-            pack_stack(model.local_decoder, model.lm_head, model.local_decoder.cross_attn_layers))
+            pack_stack(model.local_encoder, cross=model.local_encoder.cross_attn_layers[-1:],
+                       proj=model.local_encoder.patch_embedding_projection),
+            pack_stack(model.global_transformer),
+            pack_stack(model.local_decoder, model.lm_head, model.local_decoder.cross_attn_layers,
+                       model.local_decoder.patch_embedding_projection))
     object.__setattr__(model, "_decode_weights", (key, dw))  # not a submodule, not in state_dict
     return dw
 
@@ -154,7 +164,7 @@ def run_blocks(ps: PackedStack, x: torch.Tensor, positions: torch.Tensor, mask: 
     """Every block of the stack on x [B, T, dim] at ``positions`` [B, T] (mask and caches as
     :meth:`~fastblt.model.blt.Stack.run_layers`). Returns [B, T, dim]."""
     if ps.np is not None:
-        return torch.from_numpy(npdecode.run_blocks(ps.np, _np(x), _np(positions), _np(mask), caches))
+        return torch.from_numpy(npdecode.run_blocks(ps.np, as_numpy(x), as_numpy(positions), as_numpy(mask), caches))
     b, t, d = x.shape
     rope = ps.rope[positions][:, :, None]  # [B, T, 1, hd / 2]
     h = x.reshape(b * t, d)
@@ -186,7 +196,7 @@ def cross_kv(ps: PackedStack, kv: torch.Tensor) -> list[tuple[torch.Tensor, torc
     """Each cross-attention layer's keys and values [B, H, M, hd] of latent vectors kv [B, M, dim]
     (:meth:`~fastblt.model.blt.LocalDecoder.cross_kv`)."""
     if ps.np is not None:
-        return [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in npdecode.cross_kv(ps.np, _np(kv))]
+        return [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in npdecode.cross_kv(ps.np, as_numpy(kv))]
     b, m, d = kv.shape
     rows = kv.reshape(b * m, d)
     out = []
@@ -214,15 +224,17 @@ def cross_attend(ps: PackedStack, cr: PackedCross, h: torch.Tensor, b: int, t: i
 
 def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
                 kv: list[tuple[torch.Tensor, torch.Tensor]], cross_mask: torch.Tensor | None,
-                caches: list[KVCache] | None, double_residual: bool) -> torch.Tensor:
+                caches: list[KVCache] | None, double_residual: bool, final_norm: torch.Tensor) -> torch.Tensor:
     """The local decoder's layers (:meth:`~fastblt.model.blt.LocalDecoder.forward`) on rows h [B, T, dim]:
     layer i cross-attends kv[i] (the projected latents, :func:`cross_kv`) when it has a
-    cross-attention layer, then runs its block. Returns [B, T, dim] before the final norm."""
+    cross-attention layer, then runs its block. Returns [B, T, dim] after the final RMSNorm (weight
+    ``final_norm`` [dim])."""
     if ps.np is not None:
         if cross_mask is not None:
             cross_mask = fix_empty_rows(cross_mask)
-        out = npdecode.run_decoder(ps.np, _np(h), _np(positions), _np(self_mask),
-                                   [(_np(k), _np(v)) for k, v in kv], _np(cross_mask), caches, double_residual)
+        out = npdecode.run_decoder(ps.np, as_numpy(h), as_numpy(positions), as_numpy(self_mask),
+                                   [(as_numpy(k), as_numpy(v)) for k, v in kv], as_numpy(cross_mask), caches, double_residual,
+                                   as_numpy(final_norm))
         return torch.from_numpy(out)
     b, t, d = h.shape
     rope = ps.rope[positions][:, :, None]
@@ -231,14 +243,30 @@ def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_
         if i < len(ps.cross):
             rows = cross_attend(ps, ps.cross[i], rows, b, t, kv[i], cross_mask, double_residual)
         rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
-    return rows.view(b, t, d)
+    return _norm(rows, final_norm, ps.eps).view(b, t, d)
+
+
+def pool_one(encoder, ps: PackedStack, h: torch.Tensor) -> torch.Tensor:
+    """The patch vector of one patch from its byte states h [1, L, d_local] → [1, 1, k·d_local]
+    (:meth:`~fastblt.model.blt.LocalEncoder.pool` of a single patch, BLT §3.2.2)."""
+    if ps.np is None:
+        return encoder.pool(h, torch.zeros(h.shape[:2], dtype=torch.long, device=h.device), 1)
+    return torch.from_numpy(npdecode.pool_one(ps.np, as_numpy(h)[0], encoder.k, encoder.double_residual))
+
+
+def latent_vectors(decoder, ps: PackedStack, latents: torch.Tensor) -> torch.Tensor:
+    """:meth:`~fastblt.model.blt.LocalDecoder.latent_vectors`: latents [B, P, d_global] → [B, P·k, d_local]."""
+    if ps.np is None:
+        return decoder.latent_vectors(latents)
+    b, p, d = latents.shape
+    return torch.from_numpy((as_numpy(latents).reshape(b * p, d) @ ps.np.proj).reshape(b, -1, decoder.cfg.dim))
 
 
 def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.Tensor:
     """Output head on hidden states h [B, T, dim]: RMSNorm with ``final_norm`` [dim] (None: h is
     already normalised) then the head → float32 logits [B, T, 260]."""
     if ps.np is not None:
-        return torch.from_numpy(npdecode.logits(ps.np, _np(h), _np(final_norm)))
+        return torch.from_numpy(npdecode.logits(ps.np, as_numpy(h), as_numpy(final_norm)))
     b, t, d = h.shape
     rows = h.reshape(b * t, d)
     if final_norm is not None:
@@ -246,7 +274,7 @@ def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.
     return torch.mm(rows, ps.head).view(b, t, -1).float()
 
 
-def _np(t: torch.Tensor | None) -> np.ndarray | None:
+def as_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """A CPU tensor as a NumPy view (None stays None); a tensor that requires grad is detached: packs
     serve generation only, no gradient flows through them."""
     if t is None:

@@ -21,6 +21,7 @@ i + 1, i.e. (encoder patch of byte i + 1) − 1; the last byte of a patch reads 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..config import OFFSET, PatchingConfig
@@ -28,8 +29,15 @@ from ..config import OFFSET, PatchingConfig
 SPACE_BYTES = (ord(" "), ord("\n"), ord("\t"), ord("\r"))
 
 
-def entropies_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of softmax(logits) over the last axis. [..., V] float → [...] float32."""
+def entropies_from_logits(logits: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Shannon entropy in nats of softmax(logits) over the last axis. [..., V] float → [...] float32.
+
+    A NumPy float32 array (cached generation on CPU) is computed with the same formula in NumPy and
+    returns an array."""
+    if isinstance(logits, np.ndarray):
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.add.reduce(np.exp(z), axis=-1, keepdims=True))
+        return -np.add.reduce(np.exp(logp) * logp, axis=-1)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
