@@ -192,8 +192,9 @@ class BLTState:
             spans.append(open_span)
         if spans:
             b0, b1 = spans[0][0], spans[-1][1]
-            if len(spans) == 1:  # a decode step closes one patch
-                vecs = PK.pool_one(self.model.local_encoder, self.packs.encoder, self.h[:, b0:b1])
+            if self.packs.encoder.np is not None or len(spans) == 1:  # patch by patch (a decode step closes one)
+                vecs = torch.cat([PK.pool_one(self.model.local_encoder, self.packs.encoder, self.h[:, s:e])
+                                  for s, e in spans], 1)
             else:
                 pid = torch.full((1, b1 - b0), -1, dtype=torch.long, device=self.device)
                 for q, (s, e) in enumerate(spans):
@@ -278,22 +279,24 @@ class BLTState:
         if self.n_enc < n:
             raise RuntimeError("encode the prefix before a block pass")
         n_clean = n - lo
-        kv_clean, row_latent = self.kv[:, :0], []
-        if n_clean:
-            if clean_kv is None:
-                first, row_latent = self._own_latents(lo, n)
-                kv_clean = self.kv[:, first * self.k:(first + row_latent[-1] + 1) * self.k]
-            else:
-                kv_clean, row_latent = clean_kv, [0] * n_clean
-        n_lat = kv_clean.shape[1] // self.k + 1  # the clean rows' latents, then the block's
-        kv = torch.cat([kv_clean, kv_block], 1)
-        cross = latent_cross_mask(torch.tensor([row_latent + [n_lat - 1] * b], device=self.device), n_lat, self.k)
+        row_latent: list[int] = []  # each clean row's latent among the clean rows' keys
+        clean_pairs = self._cross_kv(0, 0)
+        if n_clean and clean_kv is None:
+            first, row_latent = self._own_latents(lo, n)
+            clean_pairs = self._cross_kv(first, first + row_latent[-1] + 1)
+        elif n_clean:
+            clean_pairs, row_latent = self._draft_cross_kv(clean_kv), [0] * n_clean
+        n_lat = row_latent[-1] + 1 if row_latent else 0  # then the block's latent, index n_lat
+        xkv = [(torch.cat([k, bk], 2), torch.cat([v, bv], 2))  # projections computed once per latent
+               for (k, v), (bk, bv) in zip(clean_pairs, self._draft_cross_kv(kv_block))]
+        cross = latent_cross_mask(torch.tensor([row_latent + [n_lat] * b], device=self.device), n_lat + 1, self.k)
         q_pos = self._positions(lo, n + b)
-        block = torch.tensor([[-1] * n + [0] * b], device=self.device)  # −1: clean row; 0: the block
-        self_mask = block_self_mask(q_pos, block[:, lo:], torch.full_like(q_pos, n), self._positions(0, n + b),
-                                    block, self.cfg.decoder.window)
+        first_key = self.dec_caches[0].first_key(n + b - lo)  # self-attention keys: the ones the cache returns
+        block = torch.tensor([[-1] * (n - first_key) + [0] * b], device=self.device)  # −1: clean row; 0: the block
+        self_mask = block_self_mask(q_pos, block[:, lo - first_key:], torch.full_like(q_pos, n),
+                                    self._positions(first_key, n + b), block, self.cfg.decoder.window)
         slots = self.model.slot_embeddings(self._tensor(slot_ids)).to(self.dtype)
-        logits = self._run_decoder(torch.cat([self.h[:, lo:n], slots], 1), q_pos, self_mask, kv, cross)
+        logits = self._run_decoder(torch.cat([self.h[:, lo:n], slots], 1), q_pos, self_mask, xkv, cross)
         self.n_dec = n
         self.crop_decoder(n)  # the slot rows leave the cache
         return logits[:, n_clean:]
