@@ -1,0 +1,152 @@
+"""Decode-time packs (fastblt/model/packed.py) and their NumPy twin (fastblt/model/npdecode.py): each
+stack computes what its modules compute, in both backends; generation gives the same bytes with
+either; packs follow weight changes; the NumPy pieces of a decode step (KV cache, greedy argmax,
+entropies, embedding gather) equal their torch versions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_ids, tiny_model
+
+import fastblt.model.packed as PK
+from fastblt.generation import BLTState, generate
+from fastblt.generation.sampling import NonFiniteLogitsError, Sampler, SamplingParams
+from fastblt.model.layers import KVCache
+from fastblt.patching.patches import entropies_from_logits
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def backend(request, monkeypatch):
+    """Run a test with the NumPy twin (the CPU float32 default) and with the torch packs."""
+    monkeypatch.setattr(PK, "NUMPY", request.param == "numpy")
+    return request.param
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 2e-5) -> bool:
+    """Equal up to float32 reassociation: tol relative to the largest magnitude (logits reach ~40 here)."""
+    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("t", [1, 7])
+def test_packed_stacks_equal_their_modules(backend, t):
+    """Entropy model, encoder, global transformer and decoder (with caches, after a prefix) through the
+    packs vs. the module path, on the same inputs."""
+    m = tiny_model(diffusion_block_size=4)
+    dw = PK.decode_weights(m)
+    assert (dw.encoder.np is not None) == (backend == "numpy")
+    g = torch.Generator().manual_seed(0)
+    ids = random_ids(19 + t)  # BOS + 19 + t bytes
+    with torch.no_grad():
+        for name, pack in (("patcher", dw.entropy), ("local_encoder", dw.encoder), ("global_transformer", dw.global_)):
+            stack = getattr(m, name)
+            dim = {"local_encoder": m.cfg.encoder.dim, "global_transformer": m.cfg.global_input_dim}.get(name)
+            x = ids if dim is None else torch.randn(1, 20 + t, dim, generator=g)
+            pos = torch.arange(20 + t)[None]
+            outs = []
+            for packed in (None, pack):  # a prefix of 20, then t more through the caches
+                caches = stack.new_caches()
+                for sl in (slice(0, 20), slice(20, None)):
+                    out = stack(x[:, sl], pos[:, sl], caches, packed=packed)
+                outs.append(out)
+            assert _close(outs[0], outs[1]), name
+        dec = m.local_decoder
+        h = torch.randn(1, 20 + t, dec.cfg.dim, generator=g)
+        latents = torch.randn(1, 3, m.cfg.global_.dim, generator=g)
+        kv = dec.latent_vectors(latents)
+        assert _close(PK.latent_vectors(dec, dw.decoder, latents), kv)
+        row_latent = torch.tensor([[min(i // 8, 2) for i in range(20 + t)]])
+        from fastblt.model.masks import latent_cross_mask
+        cross = latent_cross_mask(row_latent, 3, m.cfg.cross_attn_k)
+        pos = torch.arange(20 + t)[None]
+        outs = []
+        for packed in (None, dw.decoder):
+            caches = dec.new_caches()
+            pairs = dec.cross_kv(kv, packed)
+            dec(h[:, :20], pos[:, :20], None, pairs, cross[..., :20, :], caches, packed=packed)
+            out = dec(h[:, 20:], pos[:, 20:], None, pairs, cross[..., 20:, :], caches, packed=packed)
+            outs.append(PK.logits(dw.decoder, out, None) if packed is not None else m.lm_head(out))
+        assert _close(outs[0], outs[1])
+        span = torch.randn(1, 5, m.cfg.encoder.dim, generator=g)
+        ref = m.local_encoder.pool(span, torch.zeros(1, 5, dtype=torch.long), 1)
+        assert _close(PK.pool_one(m.local_encoder, dw.encoder, span), ref)
+
+
+@pytest.mark.parametrize("method,kw", [("blt", {}), ("blt-s", {"draft_length": 4}), ("blt-d", {}),
+                                       ("blt-dv", {"schedule": "paper"}), ("blt-dv", {"unmask": "confidence"})])
+def test_generation_is_the_same_with_either_backend(monkeypatch, method, kw):
+    m = tiny_model(diffusion_block_size=4)
+    runs = []
+    for numpy in (True, False):
+        monkeypatch.setattr(PK, "NUMPY", numpy)
+        runs.append(generate(m, b"packed weights", method=method, max_new_bytes=60, ignore_eos=True, **kw))
+    assert runs[0].bytes == runs[1].bytes
+    assert {k: runs[0].stats[k] for k in ("decoder_nfe", "global_nfe", "entropy_nfe")} == \
+           {k: runs[1].stats[k] for k in ("decoder_nfe", "global_nfe", "entropy_nfe")}
+
+
+def test_cached_logits_equal_the_full_forward_with_torch_packs(monkeypatch):
+    """The exactness contract on the torch packs too (the NumPy twin is covered by every other test)."""
+    monkeypatch.setattr(PK, "NUMPY", False)
+    m = tiny_model()
+    ids = random_ids(90)
+    with torch.no_grad():
+        full = m(ids)
+        state = BLTState(m)
+        rows = [state.extend(ids[0, :30].tolist())] + [state.extend([int(x)]) for x in ids[0, 30:]]
+    assert _close(torch.cat(rows, 1), full, 1e-4)
+
+
+def test_packs_follow_weight_changes():
+    """An in-place update (an optimizer step, load_state_dict) or a dtype change rebuilds the packs:
+    generation never runs on stale weights."""
+    m = tiny_model()
+    first = PK.decode_weights(m)
+    assert PK.decode_weights(m) is first  # cached while nothing changes
+    with torch.no_grad():
+        m.local_decoder.layers[0].mlp.down_proj.weight.mul_(1.5)
+    assert PK.decode_weights(m) is not first
+    ids = random_ids(40)
+    with torch.no_grad():
+        state = BLTState(m)
+        assert _close(state.extend(ids[0].tolist()), m(ids), 1e-4)
+    m.to(torch.bfloat16)
+    dw = PK.decode_weights(m)
+    assert dw.decoder.blocks[0].wqkv.dtype == torch.bfloat16 and dw.decoder.np is None  # NumPy has no bfloat16
+
+
+def test_numpy_kv_cache_equals_the_torch_cache():
+    g = torch.Generator().manual_seed(0)
+    for window, slack in ((6, 2), (None, None)):
+        a, b = KVCache(window, capacity=4, slack=slack), KVCache(window, capacity=4, slack=slack)
+        for t in (3, 1, 1, 5, 1, 2, 9, 1):
+            k, v = torch.randn(1, 2, t, 4, generator=g), torch.randn(1, 2, t, 4, generator=g)
+            ka, va = a.append(k, v)
+            kb, vb = b.append(k.numpy(), v.numpy())
+            assert isinstance(kb, np.ndarray) and np.array_equal(ka.numpy(), kb) and np.array_equal(va.numpy(), vb)
+            if t == 5:
+                a.crop(a.length - 2)
+                b.crop(b.length - 2)
+
+
+def test_greedy_pick_in_numpy_equals_the_torch_argmax():
+    s = Sampler(SamplingParams(temperature=0.0))
+    s_eos = Sampler(SamplingParams(temperature=0.0, ignore_eos=True))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        logits = torch.randn(1, 260, generator=g)
+        logits[0, torch.randint(0, 260, (3,), generator=g)] = logits.max()  # ties: the first one wins in both
+        for sampler in (s, s_eos):
+            assert sampler.pick(logits) == int(sampler.sample(logits)[0])
+    bad = torch.zeros(1, 260)
+    bad[0, 7] = float("nan")
+    with pytest.raises(NonFiniteLogitsError):
+        s.pick(bad)
+
+
+def test_numpy_entropies_equal_torch():
+    logits = torch.randn(3, 11, 260) * 4
+    got = entropies_from_logits(logits.numpy())
+    assert isinstance(got, np.ndarray) and np.allclose(got, entropies_from_logits(logits).numpy(), atol=1e-5)
