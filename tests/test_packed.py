@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import random_ids, tiny_model
 
 import fastblt.model.packed as PK
 from fastblt.generation import BLTState, generate
 from fastblt.generation.sampling import NonFiniteLogitsError, Sampler, SamplingParams
 from fastblt.model.layers import KVCache
 from fastblt.patching.patches import entropies_from_logits
+
+from helpers import random_ids, tiny_model
 
 torch.set_num_threads(1)
 
