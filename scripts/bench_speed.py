@@ -50,13 +50,24 @@ def worker_speed(model_dir: str, n_bytes: int, flags: dict) -> dict:
 
     model = load(model_dir)
     extra = {k: v for k, v in flags.items() if v}
+    try:
+        from fastblt.model.params import param_breakdown
+        p = param_breakdown(model)
+    except ImportError:  # an old baseline checkout
+        p = None
     out = {}
     for label, method, kw in _methods(model):
         generate(model, PROMPT, method=method, max_new_bytes=32, ignore_eos=True, **kw, **extra)  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
         res = generate(model, PROMPT, method=method, max_new_bytes=n_bytes, ignore_eos=True, **kw, **extra)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-        out[label] = {"bytes_per_second": len(res.bytes) / sec, "cpu_bytes_per_second": len(res.bytes) / cpu,
+        st = res.stats
+        if p is not None:  # every weight of a component read once per call of it (KV and hash rows aside)
+            st = dict(st, weight_mb=4e-6 * (st["entropy_nfe"] * p["entropy_model"] + st["encoder_steps"] * p["local_encoder"]
+                                            + st["global_nfe"] * p["global"] + st["decoder_nfe"] * p["local_decoder"]))
+        out[label] = {"stats": {k: st.get(k) for k in ("decoder_nfe", "global_nfe", "entropy_nfe", "encoder_steps",
+                                                       "weight_mb")},
+                      "bytes_per_second": len(res.bytes) / sec, "cpu_bytes_per_second": len(res.bytes) / cpu,
                       "seconds": sec, "cpu_seconds": cpu, "new_bytes": len(res.bytes),
                       "output_head": res.bytes[:48].decode("utf-8", "replace")}
     return out
@@ -153,13 +164,20 @@ def report(doc: dict) -> str:
              "Bytes/s are wall-clock; CPU bytes/s divide by the process's CPU time, which other jobs on the "
              "machine disturb less.", "",
              "| method | baseline bytes/s | new bytes/s | new / baseline | baseline CPU bytes/s | new CPU bytes/s | "
-             "new / baseline (CPU) | baseline speed vs BLT | new speed vs BLT |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "new / baseline (CPU) | baseline speed vs BLT | new speed vs BLT | weight MB streamed (new) | "
+             "speed vs BLT predicted by weight traffic |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label in a:
         ra, rb = a[label]["bytes_per_second"], b[label]["bytes_per_second"]
         ca, cb = a[label]["cpu_bytes_per_second"], b[label]["cpu_bytes_per_second"]
+        mb, mb_blt = (a[x].get("stats", {}).get("weight_mb") for x in (label, "BLT"))
+        traffic = f"{mb:.0f} | {mb_blt / mb:.2f}x" if mb and mb_blt else "– | –"
         lines.append(f"| {label} | {rb:.0f} | {ra:.0f} | {ra / rb:.2f}x | {cb:.0f} | {ca:.0f} | {ca / cb:.2f}x | "
-                     f"{rb / b['BLT']['bytes_per_second']:.2f}x | {ra / a['BLT']['bytes_per_second']:.2f}x |")
+                     f"{rb / b['BLT']['bytes_per_second']:.2f}x | {ra / a['BLT']['bytes_per_second']:.2f}x | {traffic} |")
+    lines += ["", "Weight MB streamed: every weight of a component read once per call of it (entropy-model, encoder, "
+                  "global and decoder calls as run, float32; KV-cache reads and hash-table rows not counted) — "
+                  "Fast BLT eq. 8 extended with the entropy model and the per-call local encoder. On a machine "
+                  "where decoding is memory-bound, speed ratios follow this traffic."]
     hf = doc.get("hf")
     if hf:
         lines += ["", f"transformers `BltForCausalLM.generate` (full recompute, as in `fastblt bench`), same weights, "

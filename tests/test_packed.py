@@ -37,7 +37,7 @@ def test_packed_stacks_equal_their_modules(backend, t):
     packs vs. the module path, on the same inputs."""
     m = tiny_model(diffusion_block_size=4)
     dw = PK.decode_weights(m)
-    assert (dw.encoder.np is not None) == (backend == "numpy")
+    assert PK.uses_numpy(dw.encoder) == (backend == "numpy")
     g = torch.Generator().manual_seed(0)
     ids = random_ids(19 + t)  # BOS + 19 + t bytes
     with torch.no_grad():
@@ -116,6 +116,19 @@ def test_packs_follow_weight_changes():
     m.to(torch.bfloat16)
     dw = PK.decode_weights(m)
     assert dw.decoder.blocks[0].wqkv.dtype == torch.bfloat16 and dw.decoder.np is None  # NumPy has no bfloat16
+
+
+def test_switching_backends_needs_no_repacking(monkeypatch):
+    """NUMPY is read per call (the roofline counts FLOPs on the torch packs between timed NumPy runs);
+    a model compiled for decoding is packed without the NumPy twin."""
+    m = tiny_model()
+    dw = PK.decode_weights(m)
+    monkeypatch.setattr(PK, "NUMPY", False)
+    assert PK.decode_weights(m) is dw and not PK.uses_numpy(dw.encoder)
+    monkeypatch.setattr(PK, "NUMPY", True)
+    assert PK.uses_numpy(dw.encoder)
+    object.__setattr__(m, "decode_with_numpy", False)  # what runtime.compile_for_decoding sets
+    assert not PK.uses_numpy(PK.decode_weights(m).encoder)
 
 
 def test_numpy_kv_cache_equals_the_torch_cache():

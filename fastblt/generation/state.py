@@ -150,7 +150,7 @@ class BLTState:
         if pcfg.mode == "entropy":
             logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches,
                                         packed=self.packs.entropy)
-            if self.packs.encoder.np is not None:  # float32 on CPU: in NumPy, like the stacks
+            if PK.uses_numpy(self.packs.encoder):  # float32 on CPU: in NumPy, like the stacks
                 logits = PK.as_numpy(logits)
             self.entropies.extend(P.entropies_from_logits(logits)[0].tolist())
             self.counters.entropy_nfe += 1
@@ -192,7 +192,7 @@ class BLTState:
             spans.append(open_span)
         if spans:
             b0, b1 = spans[0][0], spans[-1][1]
-            if self.packs.encoder.np is not None or len(spans) == 1:  # patch by patch (a decode step closes one)
+            if PK.uses_numpy(self.packs.encoder) or len(spans) == 1:  # patch by patch (a decode step closes one)
                 vecs = torch.cat([PK.pool_one(self.model.local_encoder, self.packs.encoder, self.h[:, s:e])
                                   for s, e in spans], 1)
             else:

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from . import npdecode
 from .layers import KVCache, fix_empty_rows
 
-NUMPY = True  # float32 CPU packs run through fastblt.model.npdecode (False: the torch code below everywhere)
+NUMPY = True  # float32 CPU packs run through fastblt.model.npdecode (False: the torch code below everywhere;
+# read at each call, so it can be switched without repacking; a model compiled for decoding,
+# runtime.compile_for_decoding, is packed without the NumPy twin and always runs the torch code)
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,18 @@ class DecodeWeights:
 
 
 def _t(*ws: torch.Tensor) -> torch.Tensor:
-    """nn.Linear weights [out_i, in] stacked on the output axis and transposed: [in, Σ out_i], contiguous."""
-    return torch.cat(ws, 0).t().contiguous()
+    """nn.Linear weights [out_i, in] stacked on the output axis and transposed: [in, Σ out_i], contiguous
+    (one strided copy per weight, no intermediate)."""
+    out = ws[0].new_empty(ws[0].shape[1], sum(w.shape[0] for w in ws))
+    a = 0
+    for w in ws:
+        out[:, a:a + w.shape[0]].copy_(w.t())
+        a += w.shape[0]
+    return out
 
 
 def pack_stack(stack, head: torch.nn.Linear | None = None, cross=(),
-               proj: torch.nn.Linear | None = None) -> PackedStack:
+               proj: torch.nn.Linear | None = None, numpy: bool = True) -> PackedStack:
     """Pack a :class:`~fastblt.model.blt.Stack` (and optionally its output head, cross-attention
     layers and patch projection)."""
     cfg = stack.cfg
@@ -111,13 +119,13 @@ def pack_stack(stack, head: torch.nn.Linear | None = None, cross=(),
     ps = PackedStack(tuple(blocks), rope, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.norm_eps,
                      _t(head.weight) if head is not None else None, crosses,
                      _t(proj.weight) if proj is not None else None)
-    return replace(ps, np=_numpy_twin(ps))
+    return replace(ps, np=_numpy_twin(ps) if numpy else None)
 
 
 def _numpy_twin(ps: PackedStack) -> PackedStack | None:
-    """The pack with every tensor as a NumPy view (float32 CPU packs, when :data:`NUMPY`), else None."""
+    """The pack with every tensor as a NumPy view (float32 CPU packs), else None."""
     w = ps.blocks[0].wqkv
-    if not NUMPY or w.device.type != "cpu" or w.dtype != torch.float32:
+    if w.device.type != "cpu" or w.dtype != torch.float32:
         return None
 
     def view(obj):
@@ -128,8 +136,14 @@ def _numpy_twin(ps: PackedStack) -> PackedStack | None:
                    proj=ps.proj.numpy() if ps.proj is not None else None)
 
 
+def uses_numpy(ps: PackedStack) -> bool:
+    """Whether calls on this pack run :mod:`~fastblt.model.npdecode` (a float32 CPU pack while :data:`NUMPY`)."""
+    return NUMPY and ps.np is not None
+
+
 def _key(model) -> tuple:
-    return (NUMPY,) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+    return (getattr(model, "decode_with_numpy", True),) + tuple(
+        (p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
 def decode_weights(model) -> DecodeWeights:
@@ -139,14 +153,15 @@ def decode_weights(model) -> DecodeWeights:
     cached = getattr(model, "_decode_weights", None)
     if cached is not None and cached[0] == key:
         return cached[1]
+    np_ = key[0]
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in and out of inference mode
         dw = DecodeWeights(
-            pack_stack(model.patcher, model.patcher.lm_head) if model.patcher is not None else None,
+            pack_stack(model.patcher, model.patcher.lm_head, numpy=np_) if model.patcher is not None else None,
             pack_stack(model.local_encoder, cross=model.local_encoder.cross_attn_layers[-1:],
-                       proj=model.local_encoder.patch_embedding_projection),
-            pack_stack(model.global_transformer),
+                       proj=model.local_encoder.patch_embedding_projection, numpy=np_),
+            pack_stack(model.global_transformer, numpy=np_),
             pack_stack(model.local_decoder, model.lm_head, model.local_decoder.cross_attn_layers,
-                       model.local_decoder.patch_embedding_projection))
+                       model.local_decoder.patch_embedding_projection, numpy=np_))
     object.__setattr__(model, "_decode_weights", (key, dw))  # not a submodule, not in state_dict
     return dw
 
@@ -163,7 +178,7 @@ def run_blocks(ps: PackedStack, x: torch.Tensor, positions: torch.Tensor, mask: 
                caches: list[KVCache] | None = None) -> torch.Tensor:
     """Every block of the stack on x [B, T, dim] at ``positions`` [B, T] (mask and caches as
     :meth:`~fastblt.model.blt.Stack.run_layers`). Returns [B, T, dim]."""
-    if ps.np is not None:
+    if uses_numpy(ps):
         return torch.from_numpy(npdecode.run_blocks(ps.np, as_numpy(x), as_numpy(positions), as_numpy(mask), caches))
     b, t, d = x.shape
     rope = ps.rope[positions][:, :, None]  # [B, T, 1, hd / 2]
@@ -195,7 +210,7 @@ def block(ps: PackedStack, blk: PackedBlock, h: torch.Tensor, b: int, t: int, ro
 def cross_kv(ps: PackedStack, kv: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each cross-attention layer's keys and values [B, H, M, hd] of latent vectors kv [B, M, dim]
     (:meth:`~fastblt.model.blt.LocalDecoder.cross_kv`)."""
-    if ps.np is not None:
+    if uses_numpy(ps):
         return [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in npdecode.cross_kv(ps.np, as_numpy(kv))]
     b, m, d = kv.shape
     rows = kv.reshape(b * m, d)
@@ -229,7 +244,7 @@ def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_
     layer i cross-attends kv[i] (the projected latents, :func:`cross_kv`) when it has a
     cross-attention layer, then runs its block. Returns [B, T, dim] after the final RMSNorm (weight
     ``final_norm`` [dim])."""
-    if ps.np is not None:
+    if uses_numpy(ps):
         if cross_mask is not None:
             cross_mask = fix_empty_rows(cross_mask)
         out = npdecode.run_decoder(ps.np, as_numpy(h), as_numpy(positions), as_numpy(self_mask),
@@ -249,14 +264,14 @@ def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_
 def pool_one(encoder, ps: PackedStack, h: torch.Tensor) -> torch.Tensor:
     """The patch vector of one patch from its byte states h [1, L, d_local] → [1, 1, k·d_local]
     (:meth:`~fastblt.model.blt.LocalEncoder.pool` of a single patch, BLT §3.2.2)."""
-    if ps.np is None:
+    if not uses_numpy(ps):
         return encoder.pool(h, torch.zeros(h.shape[:2], dtype=torch.long, device=h.device), 1)
     return torch.from_numpy(npdecode.pool_one(ps.np, as_numpy(h)[0], encoder.k, encoder.double_residual))
 
 
 def latent_vectors(decoder, ps: PackedStack, latents: torch.Tensor) -> torch.Tensor:
     """:meth:`~fastblt.model.blt.LocalDecoder.latent_vectors`: latents [B, P, d_global] → [B, P·k, d_local]."""
-    if ps.np is None:
+    if not uses_numpy(ps):
         return decoder.latent_vectors(latents)
     b, p, d = latents.shape
     return torch.from_numpy((as_numpy(latents).reshape(b * p, d) @ ps.np.proj).reshape(b, -1, decoder.cfg.dim))
@@ -265,7 +280,7 @@ def latent_vectors(decoder, ps: PackedStack, latents: torch.Tensor) -> torch.Ten
 def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.Tensor:
     """Output head on hidden states h [B, T, dim]: RMSNorm with ``final_norm`` [dim] (None: h is
     already normalised) then the head → float32 logits [B, T, 260]."""
-    if ps.np is not None:
+    if uses_numpy(ps):
         return torch.from_numpy(npdecode.logits(ps.np, as_numpy(h), as_numpy(final_norm)))
     b, t, d = h.shape
     rows = h.reshape(b * t, d)

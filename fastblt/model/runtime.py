@@ -86,4 +86,5 @@ def compile_for_decoding(model: BLT, warn=None) -> bool:
         mod = getattr(model, name, None)
         if mod is not None:
             mod.forward = torch.compile(mod.forward, dynamic=True)
+    object.__setattr__(model, "decode_with_numpy", False)  # the compiler sees torch ops only (model/packed.py)
     return True
