@@ -146,9 +146,27 @@ def _key(model) -> tuple:
         (p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
+_blas_threads: int | None = None
+
+
+def match_blas_threads() -> None:
+    """Give NumPy's BLAS (OpenBLAS, which the NumPy twin's matmuls run on) torch's CPU thread count,
+    so that ``torch.set_num_threads(n)`` / ``--threads`` / ``OMP_NUM_THREADS`` govern the whole
+    decode step (threadpoolctl; checked once per generation call)."""
+    global _blas_threads
+    n = torch.get_num_threads()
+    if n != _blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")
+        _blas_threads = n
+
+
 def decode_weights(model) -> DecodeWeights:
     """The packs of ``model`` (a BLT), built on first use and cached on the model until a parameter
-    changes. Cost: one copy of the stacks' projection weights (the hash tables are not copied)."""
+    changes. Cost: one copy of the stacks' projection weights (the hash tables are not copied).
+    Also matches NumPy's BLAS threads to torch's (:func:`match_blas_threads`)."""
+    match_blas_threads()
     key = _key(model)
     cached = getattr(model, "_decode_weights", None)
     if cached is not None and cached[0] == key:
