@@ -19,6 +19,10 @@ speculative verification pass are the same four calls (:meth:`BLTState.extend`).
 (BLT-S, BLT-DV) runs decoder rows on a caller-chosen latent (:meth:`decode` with ``kv``) and
 then rolls them back (:meth:`crop_decoder`); a BLT-D block pass is :meth:`decode_block`;
 :meth:`rollback` drops rejected bytes everywhere. Only this class moves the cache frontiers.
+
+The components run on the model's decode-time weights (:mod:`fastblt.model.packed`: fused,
+pre-transposed projections; for float32 on CPU through NumPy, :mod:`fastblt.model.npdecode`),
+called through the component modules so that their forward hooks still fire once per NFE.
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ class BLTState:
         self.entropies: list[float] = []  # H_j for j < n_pat (entropy mode)
         self.starts_idx: list[int] = [0]  # columns j <= n_pat with starts[j] = True
         self.n_pat = self.n_enc = self.n_glob = self.n_dec = 0
+        self._arange = torch.arange(capacity + 64, device=self.device)[None]  # positions (see _positions)
         cap_p = capacity // 4 + 16  # patches; grown by doubling if the patches are shorter than 4 bytes
         zeros = dict(device=self.device, dtype=self.dtype)
         self._h = torch.zeros(1, capacity, self.cfg.encoder.dim, **zeros)  # byte states, [:, :n_enc] valid
@@ -121,7 +126,10 @@ class BLTState:
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def _positions(self, lo: int, hi: int) -> torch.Tensor:
-        return torch.arange(lo, hi, device=self.device)[None]
+        """Positions lo .. hi − 1 as LongTensor [1, T]: a view of one arange, grown by doubling."""
+        if hi > self._arange.shape[1]:
+            self._arange = torch.arange(max(hi, 2 * self._arange.shape[1]), device=self.device)[None]
+        return self._arange[:, lo:hi]
 
     def row_patch(self, i: int) -> int:
         """Index of the latent read by decoder row i (needs the start decision of column i + 1)."""

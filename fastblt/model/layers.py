@@ -6,9 +6,10 @@ SwiGLU, self-attention with an optional static KV cache (a ring buffer for slidi
 and the patch cross-attention of BLT §3.2–3.3. Attention masks are boolean (True = may attend) of
 shape [B or 1, 1, Q, K].
 
-Decoding one byte runs ~60 small matmuls, so Python overhead per call matters: inside a block,
-projections are ``F.linear`` on the weights and sub-modules are entered through ``.forward``
-(forward hooks fire on blocks and larger modules, not on a block's norms and linears).
+These modules are what training and the uncached reference run: inside a block, projections are
+``F.linear`` on the weights and sub-modules are entered through ``.forward`` (forward hooks fire on
+blocks and larger modules, not on a block's norms and linears). Cached generation runs the same
+math on fused decode-time weights instead (:mod:`fastblt.model.packed`).
 """
 from __future__ import annotations
 
