@@ -44,12 +44,22 @@ def _methods(model) -> list[tuple[str, str, dict]]:
     return out
 
 
-def worker_speed(model_dir: str, n_bytes: int, flags: dict) -> dict:
+def _load(model_dir: str, flags: dict):
+    """The model, compiled for decoding when ``flags["compile"]`` (runtime.compile_for_decoding)."""
     from fastblt.checkpoint import load
-    from fastblt.generation.api import generate
 
     model = load(model_dir)
-    extra = {k: v for k, v in flags.items() if v}
+    if flags.get("compile"):
+        from fastblt.model.runtime import compile_for_decoding
+
+        compile_for_decoding(model)
+    return model
+
+
+def worker_speed(model_dir: str, n_bytes: int, flags: dict) -> dict:
+    from fastblt.generation.api import generate
+
+    model = _load(model_dir, flags)
     try:
         from fastblt.model.params import param_breakdown
         p = param_breakdown(model)
@@ -57,9 +67,9 @@ def worker_speed(model_dir: str, n_bytes: int, flags: dict) -> dict:
         p = None
     out = {}
     for label, method, kw in _methods(model):
-        generate(model, PROMPT, method=method, max_new_bytes=32, ignore_eos=True, **kw, **extra)  # warm-up
+        generate(model, PROMPT, method=method, max_new_bytes=32, ignore_eos=True, **kw)  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
-        res = generate(model, PROMPT, method=method, max_new_bytes=n_bytes, ignore_eos=True, **kw, **extra)
+        res = generate(model, PROMPT, method=method, max_new_bytes=n_bytes, ignore_eos=True, **kw)
         sec, cpu = time.perf_counter() - t0, time.process_time() - c0
         st = res.stats
         if p is not None:  # every weight of a component read once per call of it (KV and hash rows aside)
@@ -89,15 +99,17 @@ def worker_hf(model_dir: str, n_bytes: int, flags: dict) -> dict:
     with tempfile.TemporaryDirectory() as d:
         save_hf(model, d)
         hf = BltForCausalLM.from_pretrained(d).eval()
-    extra = {k: v for k, v in flags.items() if v}
+    if flags.get("compile"):
+        from fastblt.model.runtime import compile_for_decoding
+
+        compile_for_decoding(model)
     reps = int(flags.get("hf_reps", 2))
-    extra.pop("hf_reps", None)
-    generate(model, PROMPT, max_new_bytes=32, ignore_eos=True, **extra)
+    generate(model, PROMPT, max_new_bytes=32, ignore_eos=True)
     ids = torch.tensor([byte_ids(PROMPT)])
     ours_s = ours_c = hf_s = hf_c = float("inf")
     for _ in range(reps):  # alternating, best of each: the host's noise hits both sides alike
         t0, c0 = time.perf_counter(), time.process_time()
-        ours = generate(model, PROMPT, max_new_bytes=n_bytes, ignore_eos=True, **extra).bytes
+        ours = generate(model, PROMPT, max_new_bytes=n_bytes, ignore_eos=True).bytes
         ours_s, ours_c = min(ours_s, time.perf_counter() - t0), min(ours_c, time.process_time() - c0)
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
@@ -111,13 +123,11 @@ def worker_hf(model_dir: str, n_bytes: int, flags: dict) -> dict:
 
 
 def worker_rss(model_dir: str, n_bytes: int, flags: dict) -> dict:
-    from fastblt.checkpoint import load
     from fastblt.generation.api import generate
 
-    model = load(model_dir)
+    model = _load(model_dir, flags)
     total = model.cfg.max_seq_len - len(PROMPT) - 1
-    extra = {k: v for k, v in flags.items() if v}
-    generate(model, PROMPT, max_new_bytes=32, ignore_eos=True, **extra)
+    generate(model, PROMPT, max_new_bytes=32, ignore_eos=True)
     marks: dict[int, tuple[float, int]] = {}
     seen = [0]
 
@@ -128,7 +138,7 @@ def worker_rss(model_dir: str, n_bytes: int, flags: dict) -> dict:
             marks[kb * 1024] = (time.perf_counter(), _rss_bytes())
 
     marks[0] = (time.perf_counter(), _rss_bytes())
-    generate(model, PROMPT, max_new_bytes=total, ignore_eos=True, stream=on_bytes, **extra)
+    generate(model, PROMPT, max_new_bytes=total, ignore_eos=True, stream=on_bytes)
     ks = sorted(marks)
     ms_per_byte = {f"{a // 1024}-{b // 1024} KB": 1e3 * (marks[b][0] - marks[a][0]) / (b - a) for a, b in zip(ks, ks[1:])}
     hi = max(k for k in ks if k <= 8192)
@@ -213,7 +223,8 @@ def main() -> int:
     p.add_argument("--model", default=str(ROOT / "fastblt" / "assets" / "default_model"))
     p.add_argument("--bytes", type=int, default=512)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--compile", action="store_true", help="pass compile=True to this checkout's generate")
+    p.add_argument("--compile", action="store_true",
+                   help="compile this checkout's model for decoding (torch.compile; the warm-up run compiles)")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--hf-reps", type=int, default=2, help="alternating runs of ours and transformers' generate (best of each)")
     p.add_argument("--no-rss", action="store_true")
