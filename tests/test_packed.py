@@ -164,3 +164,31 @@ def test_numpy_entropies_equal_torch():
     logits = torch.randn(3, 11, 260) * 4
     got = entropies_from_logits(logits.numpy())
     assert isinstance(got, np.ndarray) and np.allclose(got, entropies_from_logits(logits).numpy(), atol=1e-5)
+
+
+def test_compiled_packed_layers_equal_eager():
+    """`--compile` runs the torch packs through inductor: a decoder layer (cross-attention with the
+    double residual, then a block with a ring cache) compiled == eager. (Inductor once lowered
+    ``torch.add(a, h, alpha=2)`` here wrongly; the packs now add in the module's order.)"""
+    from fastblt.model.runtime import compiler_problem
+
+    if compiler_problem(torch.device("cpu")) is not None:  # pragma: no cover - CI images have g++
+        pytest.fail(f"no compiler: {compiler_problem(torch.device('cpu'))}")
+    m = tiny_model(diffusion_block_size=4)
+    object.__setattr__(m, "decode_with_numpy", False)
+    dw = PK.decode_weights(m)
+    ps, dec = dw.decoder, m.local_decoder
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(1, 12, dec.cfg.dim, generator=g)
+    pairs = dec.cross_kv(PK.latent_vectors(dec, ps, torch.randn(1, 2, m.cfg.global_.dim, generator=g)), ps)
+    from fastblt.model.masks import latent_cross_mask
+    cross = latent_cross_mask(torch.tensor([[i // 6 for i in range(12)]]), 2, m.cfg.cross_attn_k)
+    pos = torch.arange(12)[None]
+
+    def layer(h, caches):
+        return PK.run_decoder(ps, h, pos, None, pairs, cross, caches, True, dec.norm.weight)
+
+    with torch.no_grad():
+        ref = layer(h, dec.new_caches())
+        got = torch.compile(layer, dynamic=True)(h, dec.new_caches())
+    assert _close(got, ref, 1e-4)

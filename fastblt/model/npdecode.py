@@ -114,7 +114,8 @@ def run_decoder(ps, h: np.ndarray, positions: np.ndarray, self_mask: np.ndarray 
             cr = ps.cross[i]
             q = (norm(rows, cr.q_norm, ps.eps) @ cr.wq).reshape(b, t, ps.n_heads, -1).transpose(0, 2, 1, 3)
             a = attention(q, kv[i][0], kv[i][1], cross_mask).transpose(0, 2, 1, 3).reshape(b * t, d) @ cr.wo
-            rows = a + (rows + rows if double_residual else rows)
+            out = rows + a  # the module's order: (h + attn) + h with the released double residual
+            rows = out + rows if double_residual else out
         rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
     return norm(rows, final_norm, ps.eps).reshape(b, t, d)
 

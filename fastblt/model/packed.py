@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import npdecode
-from .layers import KVCache, fix_empty_rows
+from .layers import KVCache, apply_rope, fix_empty_rows
 
 NUMPY = True  # float32 CPU packs run through fastblt.model.npdecode (False: the torch code below everywhere;
 # read at each call, so it can be switched without repacking; a model compiled for decoding,
@@ -211,10 +211,7 @@ def block(ps: PackedStack, blk: PackedBlock, h: torch.Tensor, b: int, t: int, ro
     """One pre-norm block (:class:`~fastblt.model.layers.Block`) on rows h [B·T, dim]."""
     nh, nkv, hd = ps.n_heads, ps.n_kv_heads, ps.head_dim
     qkv = torch.mm(_norm(h, blk.attn_norm, ps.eps), blk.wqkv)
-    qk = qkv[:, :(nh + nkv) * hd].reshape(b, t, nh + nkv, hd // 2, 2)
-    if qk.dtype != torch.float32:
-        qk = qk.float()
-    qk = torch.view_as_real(torch.view_as_complex(qk) * rope).flatten(-2).to(h.dtype)  # interleaved-pair RoPE
+    qk = apply_rope(qkv[:, :(nh + nkv) * hd].view(b, t, nh + nkv, hd), rope)  # q and k heads in one product
     q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)
     v = qkv[:, (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
     if cache is not None:
@@ -252,7 +249,8 @@ def cross_attend(ps: PackedStack, cr: PackedCross, h: torch.Tensor, b: int, t: i
         mask = fix_empty_rows(mask)
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
     a = torch.mm(out.transpose(1, 2).reshape(b * t, d), cr.wo)
-    return torch.add(a, h, alpha=2) if double_residual else a + h
+    out = h + a  # the module's order: (h + attn) + h with the released double residual
+    return out + h if double_residual else out
 
 
 def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,

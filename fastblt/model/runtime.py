@@ -9,6 +9,8 @@ closes, the global transformer; every call runs a few dozen small kernels, so on
 time is dispatch overhead that a compiler can fuse away. :func:`compile_for_decoding` wraps each
 component's ``forward`` in ``torch.compile(dynamic=True)`` (cache lengths vary from step to step).
 Compiling takes minutes on a small CPU, so it pays only for long generations: it is off by default.
+A compiled model decodes on the torch packs of :mod:`fastblt.model.packed` (the compiler sees torch
+operations only), not on the NumPy path that eager float32 CPU decoding uses.
 
 Inductor needs a C++ compiler on CPU and Triton on CUDA; without them :func:`compile_for_decoding`
 warns, says what to install, and leaves the model eager (same results, eager speed).
