@@ -2,7 +2,7 @@
 (issue 11; the math is BLT arXiv 2412.09871 §3 unchanged).
 
 Decoding one byte at batch 1 runs a few dozen tiny matmuls ([1, 128] × [128, 512] on the shipped
-model), whose cost is dispatch, not FLOPs. Packing cuts the number of kernels per block from ten
+model), whose cost is dispatch and streaming the weights from memory, not FLOPs. Packing cuts the number of kernels per block from ten
 (seven projections + two norms + the SwiGLU product) to four matmuls plus the elementwise work:
 
     wqkv [dim, (H + 2·H_kv)·hd]   q, k and v projections in one matmul (RoPE on q and k in one product)
@@ -15,7 +15,8 @@ row). Norm weights are used as they are (``F.rms_norm`` with its weight), so eac
 the module path's formula; only the matmul blocking differs (float reassociation, ≤ 1e-5 here).
 
 :func:`decode_weights` builds the packs of a :class:`~fastblt.model.blt.BLT` once and caches them on
-the model, rebuilt when any parameter changes (its storage, dtype, device or in-place version).
+the model, rebuilt when any parameter changes (the tensor itself, its storage, dtype, device or
+in-place version).
 The stacks' ``forward(..., packed=...)`` run :func:`run_blocks` / :func:`cross_attend` instead of
 their modules; only :class:`~fastblt.generation.state.BLTState` passes packs (training and the
 uncached reference run the modules).
@@ -143,7 +144,7 @@ def uses_numpy(ps: PackedStack) -> bool:
 
 def _key(model) -> tuple:
     return (getattr(model, "decode_with_numpy", True),) + tuple(
-        (p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
+        (id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in model.parameters())
 
 
 _blas_threads: int | None = None
