@@ -113,6 +113,14 @@ def test_packs_follow_weight_changes():
     with torch.no_grad():
         state = BLTState(m)
         assert _close(state.extend(ids[0].tolist()), m(ids), 1e-4)
+    packs = PK.decode_weights(m)
+    m.lm_head.weight.data.mul_(-1.0)  # through .data: the version counter does not move, the sampled values do
+    assert PK.decode_weights(m) is not packs
+    with torch.no_grad():
+        assert _close(BLTState(m).extend(ids[0].tolist()), m(ids), 1e-4)
+    packs = PK.decode_weights(m)
+    PK.forget(m)
+    assert PK.decode_weights(m) is not packs
     m.to(torch.bfloat16)
     dw = PK.decode_weights(m)
     assert dw.decoder.blocks[0].wqkv.dtype == torch.bfloat16 and dw.decoder.np is None  # NumPy has no bfloat16

@@ -51,6 +51,10 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+_count.__name__ = "positive integer"  # argparse names the type in its error: "invalid positive integer value: 'x'"
+_nonneg_int.__name__ = "non-negative integer"
+
+
 def _nonneg_float(s: str) -> float:
     v = float(s)
     if not 0 <= v < float("inf"):
@@ -63,6 +67,10 @@ def _top_p(s: str) -> float:
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
+
+
+_nonneg_float.__name__ = "non-negative number"
+_top_p.__name__ = "probability"
 
 
 def _raw(s: str) -> bytes:
@@ -95,11 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         taken = ", ".join(f"{m}: {d}" for m, d in defaults.items())
         group.add_argument(flag(name), dest=name, type=PARSE[opt.kind], choices=opt.choices, default=None,
                            metavar=None if opt.choices else metavar, help=f"{text} [defaults: {taken}]")
-    p.add_argument("--max-new-bytes", type=_nonneg_int, default=256, metavar="N")
+    p.add_argument("--max-new-bytes", type=_nonneg_int, default=256, metavar="N",
+                   help="most bytes to generate (default 256; fewer when EOS or a stop string comes first)")
     p.add_argument("--temperature", type=_nonneg_float, default=0.0, metavar="T", help="0 = greedy (default)")
     p.add_argument("--top-k", type=_count, default=None, metavar="K", help="keep the K most likely bytes (needs --temperature > 0)")
     p.add_argument("--top-p", type=_top_p, default=None, metavar="P", help="nucleus sampling mass (needs --temperature > 0)")
-    p.add_argument("--seed", type=int, default=None, metavar="S")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="sampling seed (default: a fresh one, reported in --json stats; greedy decoding ignores it)")
     p.add_argument("--stop", type=_raw, action="append", default=[], metavar="BYTES",
                    help="stop string, raw bytes as the prompt (repeatable; included in the output)")
     p.add_argument("--ignore-eos", action="store_true", help="never generate EOS: exactly --max-new-bytes bytes (paper's fixed length)")
@@ -108,7 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weights and activations (default: float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model's components first (minutes of compile time; pays on long runs)")
+                   help="torch.compile the model's components first (same bytes; on CPU it compiles for about a minute "
+                        "and then decodes slower than the default eager path: for GPU experiments)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help='print {"text": ..., "stop_reason": ..., "stats": {...}}')
     out.add_argument("--stream", action="store_true", help="write bytes as soon as they are verified")

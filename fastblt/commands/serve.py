@@ -17,6 +17,9 @@ def _port(s: str) -> int:
     return v
 
 
+_port.__name__ = "port number"  # argparse's error: "invalid port number value: 'x'"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="named model (default, blt) or model folder: ours, transformers Blt, or the released layout")

@@ -163,14 +163,32 @@ def match_blas_threads() -> None:
         _blas_threads = n
 
 
+def _fingerprint(model) -> torch.Tensor:
+    """Eight or so evenly strided elements of every parameter, float32 [~8 · n_params]. In-place writes
+    through ``.data`` (EMA, weight averaging, hand-written updates) leave a tensor's version counter
+    unchanged, so the cache also compares these values: a change that touches a whole tensor (the
+    usual case) is seen; one that touches only elements between the samples is not (then call
+    :func:`forget`)."""
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1)[::max(1, p.numel() // 8)].float() for p in model.parameters()])
+
+
+def forget(model) -> None:
+    """Drop ``model``'s cached packs: the next generation rebuilds them (needed only after writing a
+    few elements of a weight through ``.data``; every other change is detected)."""
+    if hasattr(model, "_decode_weights"):
+        object.__delattr__(model, "_decode_weights")
+
+
 def decode_weights(model) -> DecodeWeights:
     """The packs of ``model`` (a BLT), built on first use and cached on the model until a parameter
-    changes. Cost: one copy of the stacks' projection weights (the hash tables are not copied).
+    changes (version counter, storage, dtype, device, or sampled values: :func:`_fingerprint`). Cost:
+one copy of the stacks' projection weights (the hash tables are not copied).
     Also matches NumPy's BLAS threads to torch's (:func:`match_blas_threads`)."""
     match_blas_threads()
-    key = _key(model)
+    key, values = _key(model), _fingerprint(model)
     cached = getattr(model, "_decode_weights", None)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and torch.equal(cached[2], values):
         return cached[1]
     np_ = key[0]
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in and out of inference mode
@@ -181,7 +199,7 @@ def decode_weights(model) -> DecodeWeights:
             pack_stack(model.global_transformer, numpy=np_),
             pack_stack(model.local_decoder, model.lm_head, model.local_decoder.cross_attn_layers,
                        model.local_decoder.patch_embedding_projection, numpy=np_))
-    object.__setattr__(model, "_decode_weights", (key, dw))  # not a submodule, not in state_dict
+    object.__setattr__(model, "_decode_weights", (key, dw, values))  # not a submodule, not in state_dict
     return dw
 
 
