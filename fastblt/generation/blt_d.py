@@ -146,7 +146,7 @@ def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int 
     def pick(logits: torch.Tensor) -> list[int]:
         return ctx.sampler.sample(logits).tolist()
 
-    state = BLTState(model, ctx.counters)
+    state = BLTState(model, ctx.counters, capacity=len(ids) + ctx.out.remaining + size)  # + a block's slots
     new = list(ids)
     while True:
         state.append(new)

@@ -101,7 +101,7 @@ def speculate(model: BLT, ids: list[int], ctx: Context, propose: Propose, *, dra
     check_schedule(draft_length, schedule)
     out, counters = ctx.out, ctx.counters
     counters.speculative = True
-    state = BLTState(model, counters)
+    state = BLTState(model, counters, capacity=len(ids) + out.remaining + draft_length)  # + the last draft
     pending = list(ids)
     if prefill:
         pending = [ctx.sampler.pick(state.extend(pending)[:, -1])]
