@@ -158,7 +158,7 @@ class BLTState:
         if pcfg.mode == "entropy":
             logits = self.model.patcher(self._tensor(self.ids[lo:upto]), caches=self.ent_caches,
                                         packed=self.packs.entropy)
-            if PK.uses_numpy(self.packs.encoder):  # float32 on CPU: in NumPy, like the stacks
+            if PK.uses_numpy(self.packs.entropy):  # float32 on CPU: in NumPy, like the stacks
                 logits = PK.as_numpy(logits)
             self.entropies.extend(P.entropies_from_logits(logits)[0].tolist())
             self.counters.entropy_nfe += 1

@@ -7,8 +7,8 @@ then reduced modulo the table size. All (function, n) tables live in one fused e
 owns rows [t · vocab, (t + 1) · vocab).
 
 :func:`hash_ngram_ids` hashes whole sequences (tensors); :func:`hash_ngram_rows` hashes only
-given positions in plain Python integers (the same int64 arithmetic), for incremental generation,
-where each new byte needs just its own n-grams (one small NumPy integer product).
+given positions (the same int64 arithmetic, as one small NumPy integer product), for incremental
+generation, where each new byte needs just its own n-grams.
 """
 from __future__ import annotations
 

@@ -21,8 +21,17 @@ import torch.nn.functional as F
 from ..config import StackConfig
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x [..., dim] computed in float32, scaled by ``weight`` [dim]; returns x's dtype."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:  # one fused kernel, same formula
+        return F.rms_norm(x, weight.shape, weight, eps)
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32, scaled by a learned weight (no bias)."""
+    """RMSNorm computed in float32, scaled by a learned weight (no bias): :func:`rms_norm`."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -30,11 +39,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused kernel, same formula
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

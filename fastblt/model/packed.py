@@ -2,8 +2,9 @@
 (issue 11; the math is BLT arXiv 2412.09871 §3 unchanged).
 
 Decoding one byte at batch 1 runs a few dozen tiny matmuls ([1, 128] × [128, 512] on the shipped
-model), whose cost is dispatch and streaming the weights from memory, not FLOPs. Packing cuts the number of kernels per block from ten
-(seven projections + two norms + the SwiGLU product) to four matmuls plus the elementwise work:
+model), whose cost is dispatch and streaming the weights from memory, not FLOPs. Packing cuts the
+number of kernels per block from ten (seven projections + two norms + the SwiGLU product) to four
+matmuls plus the elementwise work:
 
     wqkv [dim, (H + 2·H_kv)·hd]   q, k and v projections in one matmul (RoPE on q and k in one product)
     wo   [H·hd, dim]
@@ -11,7 +12,7 @@ model), whose cost is dispatch and streaming the weights from memory, not FLOPs.
     wd   [ffn, dim]
 
 each stored transposed and contiguous (``x @ w`` with ``torch.mm``, the fastest layout for one
-row). Norm weights are used as they are (``F.rms_norm`` with its weight), so each layer computes
+row). Norm weights are used as they are (:func:`~fastblt.model.layers.rms_norm`), so each layer computes
 the module path's formula; only the matmul blocking differs (float reassociation, ≤ 1e-5 here).
 
 :func:`decode_weights` builds the packs of a :class:`~fastblt.model.blt.BLT` once and caches them on
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import npdecode
-from .layers import KVCache, apply_rope, fix_empty_rows
+from .layers import KVCache, apply_rope, fix_empty_rows, rms_norm
 
 NUMPY = True  # float32 CPU packs run through fastblt.model.npdecode (False: the torch code below everywhere;
 # read at each call, so it can be switched without repacking; a model compiled for decoding,
@@ -203,14 +204,6 @@ one copy of the stacks' projection weights (the hash tables are not copied).
     return dw
 
 
-def _norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm of rows x [N, dim] with weight w, computed in float32 as :class:`~fastblt.model.layers.RMSNorm`."""
-    if x.dtype == torch.float32 and w.dtype == torch.float32:
-        return F.rms_norm(x, w.shape, w, eps)
-    xf = x.float()
-    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
 def run_blocks(ps: PackedStack, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                caches: list[KVCache] | None = None) -> torch.Tensor:
     """Every block of the stack on x [B, T, dim] at ``positions`` [B, T] (mask and caches as
@@ -229,7 +222,7 @@ def block(ps: PackedStack, blk: PackedBlock, h: torch.Tensor, b: int, t: int, ro
           mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
     """One pre-norm block (:class:`~fastblt.model.layers.Block`) on rows h [B·T, dim]."""
     nh, nkv, hd = ps.n_heads, ps.n_kv_heads, ps.head_dim
-    qkv = torch.mm(_norm(h, blk.attn_norm, ps.eps), blk.wqkv)
+    qkv = torch.mm(rms_norm(h, blk.attn_norm, ps.eps), blk.wqkv)
     qk = apply_rope(qkv[:, :(nh + nkv) * hd].view(b, t, nh + nkv, hd), rope)  # q and k heads in one product
     q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)
     v = qkv[:, (nh + nkv) * hd:].view(b, t, nkv, hd).transpose(1, 2)
@@ -237,7 +230,7 @@ def block(ps: PackedStack, blk: PackedBlock, h: torch.Tensor, b: int, t: int, ro
         k, v = cache.append(k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)
     h = h + torch.mm(out.transpose(1, 2).reshape(b * t, nh * hd), blk.wo)
-    gu = torch.mm(_norm(h, blk.mlp_norm, ps.eps), blk.wgu)
+    gu = torch.mm(rms_norm(h, blk.mlp_norm, ps.eps), blk.wgu)
     return h + torch.mm(F.silu(gu[:, :ps.ffn_dim]) * gu[:, ps.ffn_dim:], blk.wd)
 
 
@@ -250,7 +243,7 @@ def cross_kv(ps: PackedStack, kv: torch.Tensor) -> list[tuple[torch.Tensor, torc
     rows = kv.reshape(b * m, d)
     out = []
     for cr in ps.cross:
-        kvp = torch.mm(_norm(rows, cr.k_norm, ps.eps), cr.wkv)
+        kvp = torch.mm(rms_norm(rows, cr.k_norm, ps.eps), cr.wkv)
         out.append((kvp[:, :d].view(b, m, ps.n_heads, -1).transpose(1, 2),
                     kvp[:, d:].view(b, m, ps.n_heads, -1).transpose(1, 2)))
     return out
@@ -260,12 +253,10 @@ def cross_attend(ps: PackedStack, cr: PackedCross, h: torch.Tensor, b: int, t: i
                  kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                  double_residual: bool) -> torch.Tensor:
     """A decoder cross-attention layer (:class:`~fastblt.model.layers.CrossAttention`) on rows h [B·T, dim]
-    over projected latents kv; returns the new rows (the residual added once, or twice when
-    ``double_residual``)."""
+    over projected latents kv (mask: no fully masked row, :func:`run_decoder` sees to it); returns the
+    new rows (the residual added once, or twice when ``double_residual``)."""
     d = h.shape[1]
-    q = torch.mm(_norm(h, cr.q_norm, ps.eps), cr.wq).view(b, t, ps.n_heads, -1).transpose(1, 2)
-    if mask is not None:
-        mask = fix_empty_rows(mask)
+    q = torch.mm(rms_norm(h, cr.q_norm, ps.eps), cr.wq).view(b, t, ps.n_heads, -1).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
     a = torch.mm(out.transpose(1, 2).reshape(b * t, d), cr.wo)
     out = h + a  # the module's order: (h + attn) + h with the released double residual
@@ -279,9 +270,9 @@ def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_
     layer i cross-attends kv[i] (the projected latents, :func:`cross_kv`) when it has a
     cross-attention layer, then runs its block. Returns [B, T, dim] after the final RMSNorm (weight
     ``final_norm`` [dim])."""
+    if cross_mask is not None:  # once for every layer
+        cross_mask = fix_empty_rows(cross_mask)
     if uses_numpy(ps):
-        if cross_mask is not None:
-            cross_mask = fix_empty_rows(cross_mask)
         out = npdecode.run_decoder(ps.np, as_numpy(h), as_numpy(positions), as_numpy(self_mask),
                                    [(as_numpy(k), as_numpy(v)) for k, v in kv], as_numpy(cross_mask), caches, double_residual,
                                    as_numpy(final_norm))
@@ -293,7 +284,7 @@ def run_decoder(ps: PackedStack, h: torch.Tensor, positions: torch.Tensor, self_
         if i < len(ps.cross):
             rows = cross_attend(ps, ps.cross[i], rows, b, t, kv[i], cross_mask, double_residual)
         rows = block(ps, blk, rows, b, t, rope, self_mask, caches[i] if caches is not None else None)
-    return _norm(rows, final_norm, ps.eps).view(b, t, d)
+    return rms_norm(rows, final_norm, ps.eps).view(b, t, d)
 
 
 def pool_one(encoder, ps: PackedStack, h: torch.Tensor) -> torch.Tensor:
@@ -312,7 +303,7 @@ def latent_vectors(decoder, ps: PackedStack, latents: torch.Tensor) -> torch.Ten
     return torch.from_numpy((as_numpy(latents).reshape(b * p, d) @ ps.np.proj).reshape(b, -1, decoder.cfg.dim))
 
 
-def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.Tensor:
+def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor | None) -> torch.Tensor:
     """Output head on hidden states h [B, T, dim]: RMSNorm with ``final_norm`` [dim] (None: h is
     already normalised) then the head → float32 logits [B, T, 260]."""
     if uses_numpy(ps):
@@ -320,7 +311,7 @@ def logits(ps: PackedStack, h: torch.Tensor, final_norm: torch.Tensor) -> torch.
     b, t, d = h.shape
     rows = h.reshape(b * t, d)
     if final_norm is not None:
-        rows = _norm(rows, final_norm, ps.eps)
+        rows = rms_norm(rows, final_norm, ps.eps)
     return torch.mm(rows, ps.head).view(b, t, -1).float()
 
 
