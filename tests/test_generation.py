@@ -71,10 +71,53 @@ def test_greedy_blt_s_equals_blt(model, schedule, k):
         s = r.stats
         assert 0 <= s["accepted_bytes"] <= s["drafted_bytes"] <= k * s["iterations"]
         assert s["global_nfe_paper"] == 2 * s["iterations"]
-        assert s["decoder_nfe"] == 1 + s["iterations"] + s["drafted_bytes"]
-        if schedule == "fused":
-            assert s["global_nfe"] <= 1 + s["iterations"]
+        assert s["decoder_nfe"] == 1 + s["drafted_bytes"] + s["verify_passes"]
+        assert s["global_nfe"] <= 1 + s["global_nfe_paper"]  # + the prefill's
+        if schedule == "paper":  # Algorithm 2: one verifying pass per iteration
+            assert s["verify_passes"] == s["iterations"]
+        else:  # draft rows before the first new patch are reused: 0 to 2 passes
+            assert s["verify_passes"] <= 2 * s["iterations"]
         assert s["est_bandwidth_gb_paper_counting"] >= 0 and s["acceptance_rate"] <= 1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("patching", [{}, {"mode": "static", "patch_size": 5}])
+def test_lazy_verification_equals_algorithm_2(temperature, patching):
+    """verify_lazy (fused schedule: reused draft rows, global only past the first new patch) gives
+    Algorithm 2's accepted bytes, verifier byte, sampler draws and state, iteration by iteration."""
+    from fastblt.generation.blt_s import draft
+    from fastblt.generation.sampling import Sampler
+    from fastblt.generation.speculative import verify, verify_lazy
+
+    model, params = tiny_model(**patching), SamplingParams(temperature=temperature)
+    rows = {False: 0, True: 0}  # decoder rows computed, drafting included
+    which = [False]
+    model.local_decoder.register_forward_hook(lambda mod, args, out: rows.__setitem__(which[0], rows[which[0]] + args[0].shape[1]))
+    for seed, text in enumerate([b"The cat sat on the mat. The dog", b"0123456789" * 3, b"hello world"]):
+        trace = {}
+        for lazy in (False, True):
+            sampler, out, which[0] = Sampler(params, seed), [], lazy
+            with torch.no_grad():
+                st = BLTState(model)
+                y = sampler.pick(st.extend(prompt_ids(text))[:, -1])
+                for _ in range(8):
+                    n = len(st)
+                    st.append([y])
+                    st.encode()
+                    if st.n_glob < st.n_closed:
+                        st.close_patches()
+                    kv, latent = st.last_latent_vectors(), st.n_glob - 1
+                    drafted, logits = draft(st, kv, 6, sampler)
+                    assert logits.shape == (len(drafted), 260)
+                    if lazy:
+                        acc, y = verify_lazy(st, n, drafted, sampler, latent, logits)
+                    else:
+                        acc, y = verify(st, n, drafted, sampler)
+                    assert st.ids[n + 1:] == acc and st.n_dec == len(st) and st.n_enc == len(st)
+                    out.append((acc, y, st.n_glob <= st.n_closed))
+            trace[lazy] = (out, st.ids, sampler.generator.get_state().tolist())
+        assert trace[True] == trace[False], text
+    assert rows[True] < rows[False]  # draft rows were reused (else the test proves nothing)
 
 
 # ----------------------------------------------------------------------------- accounting

@@ -200,3 +200,18 @@ def test_compiled_packed_layers_equal_eager():
         ref = layer(h, dec.new_caches())
         got = torch.compile(layer, dynamic=True)(h, dec.new_caches())
     assert _close(got, ref, 1e-4)
+
+
+@pytest.mark.parametrize("k,n", [(128, 1024), (256, 1536), (128, 128), (768, 256), (512, 4096)])
+def test_chunked_matmul_equals_one_product(k, n):
+    """npdecode.mm (row chunks for OpenBLAS's fast path, zero-padded remainders) == x @ w for every
+    row count a decode call uses, and returns exactly M rows."""
+    from fastblt.model.npdecode import mm
+
+    rng = np.random.default_rng(k + n)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    for m in list(range(1, 20)) + [33]:
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        out = mm(x, w)
+        assert out.shape == (m, n) and out.dtype == np.float32
+        np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-4)

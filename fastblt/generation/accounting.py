@@ -47,6 +47,8 @@ class Counters:
     iterations: speculative draft-and-verify iterations (Algorithm 2), or BLT-D blocks;
     drafted_bytes / accepted_bytes: bytes proposed / accepted by verification;
     diffusion_steps: decoder passes spent unmasking BLT-D blocks (Algorithm 1's inner loop);
+    verify_passes: decoder passes spent verifying drafts (Algorithm 2: one per iteration in the
+    paper schedule; 0 to 2 in the fused one, :func:`~fastblt.generation.speculative.verify_lazy`);
     speculative: set by :func:`~fastblt.generation.speculative.speculate`; switches
     :attr:`global_nfe_paper` to the paper's per-iteration count.
     """
@@ -59,6 +61,7 @@ class Counters:
     drafted_bytes: int = 0
     accepted_bytes: int = 0
     diffusion_steps: int = 0
+    verify_passes: int = 0
     speculative: bool = False
 
     def record_iteration(self, drafted: int, accepted: int) -> None:
@@ -108,6 +111,7 @@ def statistics(model, c: Counters, new_bytes: int, seconds: float) -> dict[str, 
         "global_nfe_paper": g_paper, "entropy_nfe": c.entropy_nfe, "encoder_steps": c.encoder_steps,
         "iterations": c.iterations, "drafted_bytes": c.drafted_bytes, "accepted_bytes": c.accepted_bytes,
         "acceptance_rate": c.acceptance_rate, "diffusion_steps": c.diffusion_steps,
+        "verify_passes": c.verify_passes,
         "bytes_per_decoder_pass": new_bytes / c.decoder_nfe if c.decoder_nfe else None,
         "est_bandwidth_gb": bandwidth_gb(c.decoder_nfe, c.global_nfe, p_dec, p_eg),
         "est_bandwidth_gb_paper_counting": bandwidth_gb(c.decoder_nfe, g_paper, p_dec, p_eg),

@@ -41,10 +41,10 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
     def greedy(logits: torch.Tensor) -> list[int]:
         return ctx.sampler.suppress(logits).argmax(-1).tolist()
 
-    def propose(state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> list[int]:
+    def propose(state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> tuple[list[int], None]:
         # clean rows read their own latents when they are computed, else the drafting latent (redone)
         drafted, _ = fill_block(state, kv, budget, rule, greedy, None if patched else kv, ignore_eos=ignore_eos)
         state.append(drafted)
-        return drafted
+        return drafted, None
 
     speculate(model, ids, ctx, propose, draft_length=size, schedule=schedule, prefill=False)

@@ -3,16 +3,24 @@
 
 A *proposer* drafts up to a budget of bytes after the committed text, every draft row reading one
 fixed latent (BLT-S: the local decoder autoregressively, :mod:`.blt_s`; BLT-DV: a BLT-D block,
-:mod:`.blt_dv`). :func:`verify` (Algorithm 2) then runs BLT once, causally, over the pending byte and
-the draft — entropy model over the new bytes → patch starts → one pooling + global call for the
-patches closed inside the draft → decoder over the draft rows with their correct latents — keeps the
-drafted bytes up to the first mismatch with the verifier's byte, puts the verifier's byte there
-(or, when every drafted byte matched, adds it as a free next byte), and rolls every cache back past
-the rejected bytes.
+:mod:`.blt_dv`). Verification (Algorithm 2) then runs BLT causally over the pending byte and the
+draft — entropy model over the new bytes → patch starts → pooling + global for the patches closed
+inside the draft → decoder over the draft rows with their correct latents — keeps the drafted bytes
+up to the first mismatch with the verifier's byte, puts the verifier's byte there (or, when every
+drafted byte matched, adds it as a free next byte), and rolls every cache back past the rejected
+bytes. Two ways to run it, one per schedule:
+
+- :func:`verify` ("paper"): Algorithm 2 as written, one pass over every row;
+- :func:`verify_lazy` ("fused"): the same bytes with less work. Rows whose latent is already
+  computed (all rows before the first patch boundary inside the draft) are decoded first, and the
+  global transformer runs only if every one of them matched; a BLT-S draft row that read the very
+  latent the verifier's row reads *is* the verifier's row (same inputs, same cached keys), so its
+  logits are reused and no decoder pass runs for it. 0, 1 or 2 decoder passes per iteration.
 
 Loop invariant of :func:`speculate`: the state holds the committed bytes, processed through every
-component, and decoder rows only for those bytes; ``pending`` bytes (the prompt, or the verifier's
-last byte, already emitted) are final but not yet in the state. Per iteration:
+component (in "fused", latents of committed patches may still be missing: they are computed when a
+draft needs them), and decoder rows only for those bytes; ``pending`` bytes (the prompt, or the
+verifier's last byte, already emitted) are final but not yet in the state. Per iteration:
 
 1. append ``pending``; the draft budget is ``min(draft_length, remaining − 1)`` (the verifier adds
    one byte, and nothing is drafted past ``max_new_bytes``);
@@ -20,10 +28,10 @@ last byte, already emitted) are final but not yet in the state. Per iteration:
    - "paper": an entropy + encoder + global call over the new bytes, the open patch pooled as if
      closed (its latent o_M, as BLT-D blocks read it, §3.1.1) — 2 E+G calls per iteration with the
      verification, which is how the paper counts (Tables 3–10);
-   - "fused": the last latent the previous verification already computed (the last closed patch),
-     so at most 1 E+G call per iteration; the first iteration, with no latent yet, is as "paper";
+   - "fused": the latent of the last closed patch (computed now if verification left it lazy), so
+     E+G calls run only when a latent is missing; the first iteration, with no latent yet, is as "paper";
 3. ``propose`` (see :class:`Propose`); a drafted EOS ends the draft;
-4. :func:`verify`, then ``counters.record_iteration`` and ``ctx.out.emit(accepted + [y])``.
+4. verification, then ``counters.record_iteration`` and ``ctx.out.emit(accepted + [y])``.
 
 Sampling keeps the target distribution exactly (temperature > 0): the verifier draws y_i at each
 drafted position with the seeded generator and a drafted byte is accepted only when it equals y_i
@@ -47,17 +55,21 @@ SCHEDULES = CHOICES["Schedule"]
 
 
 class Propose(Protocol):
-    """A drafter: ``propose(state, kv, budget, patched) -> drafted ids``.
+    """A drafter: ``propose(state, kv, budget, patched) -> (drafted ids, their rows' logits or None)``.
 
     state: the committed bytes plus the pending ones (the last pending byte's row predicts the first
     drafted byte); kv [1, k, d_local]: the latent vectors every draft row reads; budget ≥ 1: the most
     bytes to draft; patched: whether the pending bytes are patched and their own latents computed
     (after the provisional E+G call; not after "fused"). The proposer appends its drafted bytes to the
     state and returns them; it may leave decoder rows from the last pending byte on in the cache
-    (:func:`verify` redoes them), but must decode any earlier row with its own latent.
+    (verification redoes them), but must decode any earlier row with its own latent. The logits
+    ([len(drafted), 260] float32, or None) are those of decoder rows n .. n + len(drafted) − 1 when
+    the proposer decoded exactly these rows on ``kv`` and left them in the cache (BLT-S): rows that
+    read the verifier's latent are then reused by :func:`verify_lazy`.
     """
 
-    def __call__(self, state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> list[int]: ...
+    def __call__(self, state: BLTState, kv: torch.Tensor, budget: int,
+                 patched: bool) -> tuple[list[int], torch.Tensor | None]: ...
 
 
 def check_schedule(draft_length: int, schedule: str) -> None:
@@ -81,6 +93,54 @@ def verify(state: BLTState, n: int, drafted: list[int], sampler: Sampler) -> tup
     accepted: list[int] = []
     for i in range(len(drafted) + 1):
         y = sampler.pick(logits[:, i])
+        if i == len(drafted) or y != drafted[i]:
+            break
+        accepted.append(y)
+    state.rollback(n + 1 + len(accepted))
+    state.counters.verify_passes += 1
+    return accepted, y
+
+
+def verify_lazy(state: BLTState, n: int, drafted: list[int], sampler: Sampler,
+                draft_latent: int | None = None, draft_logits: torch.Tensor | None = None) -> tuple[list[int], int]:
+    """:func:`verify`'s result (same accepted bytes, same y, same sampler draws), computing rows only
+    as far as they are needed (the "fused" schedule; see the module docstring).
+
+    draft_latent: index of the latent every draft row read (None: a provisional latent, never the
+    verifier's); draft_logits [len(drafted), 260]: the draft rows' logits (:class:`Propose`).
+    Phase 1: rows n .. r − 1 whose latents are computed (r: the first row reading a patch closed
+    inside the draft) — reused draft rows, then one decoder pass over the others. Phase 2, only if
+    every phase-1 row matched: one global call for the new patches and one decoder pass over rows
+    r .. end. Each decoder pass adds one to ``counters.verify_passes``.
+    """
+    end = n + len(drafted) + 1  # rows n .. end − 1
+    state.patch()  # one entropy-model call: every row's latent is known from here
+    state.encode()
+    r = n
+    while r < end and state.row_patch(r) < state.n_glob:
+        r += 1
+    reuse = 0
+    if draft_logits is not None and draft_latent is not None:
+        while reuse < min(len(drafted), r - n) and state.row_patch(n + reuse) == draft_latent:
+            reuse += 1
+
+    def rows():  # the verifier's logits of rows n, n + 1, ... [1, 260], each computed when first asked for
+        for i in range(reuse):
+            yield draft_logits[i:i + 1]
+        for lo, hi in ((n + reuse, r), (r, end)):
+            if hi <= lo:
+                continue
+            if lo == r:
+                state.close_patches()
+            state.crop_decoder(lo)
+            logits = state.decode(hi)[0, lo - hi:]  # the call also decodes earlier rows not yet decoded (a prompt)
+            state.counters.verify_passes += 1
+            for i in range(hi - lo):
+                yield logits[i:i + 1]
+
+    accepted: list[int] = []
+    for i, row in enumerate(rows()):
+        y = sampler.pick(row)
         if i == len(drafted) or y != drafted[i]:
             break
         accepted.append(y)
@@ -112,6 +172,7 @@ def speculate(model: BLT, ids: list[int], ctx: Context, propose: Propose, *, dra
         state.append(pending)
         budget = min(draft_length, out.remaining - 1)
         drafted: list[int] = []
+        draft_logits, draft_latent = None, None
         if budget > 0:
             state.encode()
             patched = schedule == "paper" or state.n_glob == 0
@@ -119,12 +180,17 @@ def speculate(model: BLT, ids: list[int], ctx: Context, propose: Propose, *, dra
                 state.patch()
                 kv = state.close_patches(provisional=True)
             else:
-                kv = state.last_latent_vectors()
-            drafted = propose(state, kv, budget, patched)
+                if state.n_glob < state.n_closed:  # a committed patch whose latent verification left lazy
+                    state.close_patches()
+                kv, draft_latent = state.last_latent_vectors(), state.n_glob - 1
+            drafted, draft_logits = propose(state, kv, budget, patched)
             if EOS_ID in drafted[:-1]:  # nothing after a drafted EOS can be accepted
                 drafted = drafted[:drafted.index(EOS_ID) + 1]
                 state.rollback(n + 1 + len(drafted))
-        accepted, y = verify(state, n, drafted, ctx.sampler)
+        if schedule == "paper":
+            accepted, y = verify(state, n, drafted, ctx.sampler)
+        else:
+            accepted, y = verify_lazy(state, n, drafted, ctx.sampler, draft_latent, draft_logits)
         counters.record_iteration(len(drafted), len(accepted))
         if out.emit(accepted + [y]):
             return
