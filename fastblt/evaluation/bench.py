@@ -15,8 +15,9 @@ Finished samples go to ``results.partial.jsonl`` as they finish, so an interrupt
 run those studies instead of the generation tasks.
 
 Two countings of E+G calls (both real, never unlabelled):
-- *as run*: the calls this implementation made. BLT-S / BLT-DV default to the fused schedule, at
-  most one E+G call per speculative iteration (``--schedule paper`` runs the paper's schedule);
+- *as run*: the calls this implementation made. BLT-S / BLT-DV default to the fused schedule, whose
+  E+G calls run only when a draft or its verification needs a latent not yet computed (fewer than
+  one per iteration; ``--schedule paper`` runs the paper's schedule);
 - *paper count*: 2 E+G calls per speculative iteration (draft context + verification), as the
   paper counts BLT-S / BLT-DV (§5; ``global_nfe_paper``). Equal to *as run* for the other methods.
 """
@@ -317,8 +318,8 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 COLUMNS_LEGEND = (
     "Columns. *as run*: E+G (encoder + global) calls this implementation made; BLT-S / BLT-DV rows "
-    "use the schedule in their label (fused unless `sched=paper`: at most one E+G call per speculative "
-    "iteration). *paper count*: 2 E+G calls per speculative iteration, as the paper counts BLT-S / BLT-DV "
+    "use the schedule in their label (fused unless `sched=paper`: E+G calls only when a needed latent is "
+    "missing, fewer than one per speculative iteration; verification decodes only the rows it needs). *paper count*: 2 E+G calls per speculative iteration, as the paper counts BLT-S / BLT-DV "
     "(equal to *as run* for the other methods). BW = eq. 8 estimate, b·(N_dec·P_dec + N_E+G·(P_enc + "
     "P_glob)) with b = 2: *3B* prices the NFEs with the paper's 3B counts (P_dec 0.16B, P_enc + P_glob "
     "2.846B), *this model* with this model's counts (GB values in results.json). dec % = decrease vs. "

@@ -5,7 +5,7 @@ The proposer of :func:`~fastblt.generation.speculative.speculate`: one BLT-D blo
 (:func:`.blt_d.fill_block`; default one-step: a single decoder pass fills the block) after the
 pending byte, its slots reading the drafting latent. There is no separate prefill: the first block
 pass also decodes the prompt's rows. Verification, schedules ("paper": 2 E+G calls per iteration as
-the paper counts; "fused": the block reads the last latent the previous verification computed),
+the paper counts; "fused": the block reads the last computed latent and verification runs lazily),
 sampling and accounting are the shared loop's. Greedy BLT-DV == greedy cached BLT on the same
 (BLT-D) model, byte for byte.
 
@@ -31,7 +31,9 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
     block_size: B (None: ``cfg.diffusion_block_size``); unmask: "one-step" (default) |
     "confidence" (α; default 0.3, the paper's DV setting) | "entropy" (γ nats; default 1.5);
     max_steps_per_block: S (None: no cap); schedule: "paper" | "fused".
-    Per iteration: 1 (fused) or 2 (paper) E+G calls, s diffusion decoder passes + 1 verifying pass.
+    Per iteration: 2 E+G calls, s diffusion decoder passes + 1 verifying pass ("paper"); "fused": an
+    E+G call only when a needed latent is missing, s passes + 1 or 2 verifying passes
+    (:func:`~fastblt.generation.speculative.verify_lazy`).
     Raises ValueError for a model without diffusion training or invalid options.
     """
     size = check_block_size(model, "blt-dv", block_size)
