@@ -115,7 +115,6 @@ def verify_lazy(state: BLTState, n: int, drafted: list[int], sampler: Sampler,
     """
     end = n + len(drafted) + 1  # rows n .. end − 1
     state.patch()  # one entropy-model call: every row's latent is known from here
-    state.encode()
     r = n
     while r < end and state.row_patch(r) < state.n_glob:
         r += 1
@@ -130,6 +129,7 @@ def verify_lazy(state: BLTState, n: int, drafted: list[int], sampler: Sampler,
         for lo, hi in ((n + reuse, r), (r, end)):
             if hi <= lo:
                 continue
+            state.encode(hi if lo < r else None)  # byte states of the rows' inputs (all of them before pooling)
             if lo == r:
                 state.close_patches()
             state.crop_decoder(lo)
