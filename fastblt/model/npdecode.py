@@ -32,13 +32,17 @@ def mm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     ~100 GFLOP/s while M·K·N ≤ ~0.8M and M is a power of two, but drops 3-7x past that (the
     packing path) or at M = 3 (e.g. [8, 128] @ [128, 1024]: 77 µs at once, 23 µs as two chunks
     of 4). So: chunks of the largest power of two c with c·K·N under :data:`SMALL_GEMM`, and a
-    remainder padded with zero rows to a power of two. Rows are independent: each row's result is
-    that of a product of its own chunk."""
+    remainder padded with zero rows to a power of two. A weight too large for two rows per chunk
+    (over 1.5 MB: the ``1b`` preset's) takes the one product: streaming it once per row would cost
+    more than the packing path. Rows are independent: each row's result is that of a product of
+    its own chunk."""
     m = x.shape[0]
     if m <= 2:
         return x @ w
     k, n = w.shape
-    c = max(1, min(16, SMALL_GEMM // (k * n)))
+    c = min(16, SMALL_GEMM // (k * n))
+    if c < 2:
+        return x @ w
     c = 1 << (c.bit_length() - 1)  # a power of two
     if m <= c and m & (m - 1) == 0:
         return x @ w
