@@ -156,11 +156,8 @@ class Sampler:
 
     def pick(self, logits: torch.Tensor) -> int:
         """Batch-1 convenience: logits [1, V] (or [V]) → one id."""
-        if self.params.greedy and logits.device.type == "cpu" and logits.dtype == torch.float32:
-            row = logits.detach().reshape(-1).numpy()  # one decode step: the same argmax in NumPy, ~10x less overhead
-            if not np.isfinite(row).all():
-                suppress(logits)  # raises NonFiniteLogitsError
-            return int(np.argmax(row + _bias_np(row.shape[0], self.params.ignore_eos)))
+        if self.params.greedy:
+            return self.draft_pick(logits)
         return int(self.sample(logits.reshape(1, -1))[0])
 
     def suppress(self, logits: torch.Tensor) -> torch.Tensor:
@@ -173,4 +170,9 @@ class Sampler:
         Under the match rule a drafted byte d is accepted with probability p_target(d); drafting the
         mode of the drafter's distribution maximises that, so drafts are greedy at any temperature.
         """
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            row = logits.detach().reshape(-1).numpy()  # one decode step: the same argmax in NumPy, ~10x less overhead
+            if not np.isfinite(row).all():
+                suppress(logits)  # raises NonFiniteLogitsError
+            return int(np.argmax(row + _bias_np(row.shape[0], self.params.ignore_eos)))
         return int(self.suppress(logits.reshape(-1)).argmax())
