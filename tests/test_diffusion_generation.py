@@ -66,13 +66,13 @@ def test_blt_dv_accepts_correct_drafts(models, monkeypatch, schedule):
     real = blt_dv.fill_block
     calls = []
 
-    def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False):
-        ids, passes = real(state, kv, size, rule, pick, clean_kv, ignore_eos)
+    def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False, first=None):
+        ids, passes, last = real(state, kv, size, rule, pick, clean_kv, ignore_eos, first)
         at = len(state) - len(prompt_ids(prompt))
         calls.append(1)
         good = ref[at:at + size] + [OFFSET] * size
         bad = 2 + len(calls) % 7  # 8: nothing corrupted
-        return [(g + 1 - OFFSET) % 256 + OFFSET if i == bad else g for i, g in enumerate(good[:size])], passes
+        return [(g + 1 - OFFSET) % 256 + OFFSET if i == bad else g for i, g in enumerate(good[:size])], passes, last
 
     monkeypatch.setattr(blt_dv, "fill_block", oracle)
     r = generate(m, prompt, method="blt-dv", max_new_bytes=60, schedule=schedule)
@@ -80,6 +80,37 @@ def test_blt_dv_accepts_correct_drafts(models, monkeypatch, schedule):
     assert 0 < r.stats["accepted_bytes"] < r.stats["drafted_bytes"]
     assert r.stats["iterations"] < 20
 
+
+
+@pytest.mark.parametrize("rule", [{"unmask": "one-step"}, {"unmask": "confidence", "alpha": 0.3}])
+def test_fused_blt_dv_first_drafted_byte_is_the_verifiers(models, monkeypatch, rule):
+    """Fused schedule: the block pass's last clean row (the pending byte's) predicts slot 0; when that
+    row reads the verifier's latent its logits are the verifier's row n, reused by verify_lazy, and
+    the first drafted byte is always accepted (greedy). Sampled BLT-DV stays sampled BLT, seed by seed."""
+    from fastblt.generation import speculative
+
+    m, real, seen, greedy = models[8], speculative.verify_lazy, [], [True]
+
+    def spy(state, n, drafted, sampler, draft_latent=None, draft_logits=None):
+        state.patch()  # verify_lazy's first step (idempotent): row n's latent is known from here
+        reused = draft_logits is not None and bool(drafted) and state.row_patch(n) == draft_latent
+        assert draft_logits is None or draft_logits.shape == (1, 260)  # row n only
+        accepted, y = real(state, n, drafted, sampler, draft_latent, draft_logits)
+        seen.append((greedy[0], reused, len(accepted)))
+        return accepted, y
+
+    monkeypatch.setattr(speculative, "verify_lazy", spy)
+    for p in PROMPTS:
+        greedy[0] = True
+        assert generate(m, p, method="blt-dv", max_new_bytes=40, **rule).bytes == \
+            generate(m, p, method="blt", max_new_bytes=40).bytes
+        greedy[0] = False
+        for seed in range(3):
+            kw = dict(max_new_bytes=24, temperature=1.0, seed=seed)
+            assert generate(m, p, method="blt-dv", **kw, **rule).bytes == generate(m, p, method="blt", **kw).bytes
+    firsts = [acc for g, reused, acc in seen if g and reused]
+    assert len(firsts) > 10 and min(firsts) >= 1  # reused rows ran, and their drafted byte always matched
+    assert any(reused for g, reused, _ in seen if not g)
 
 # ----------------------------------------------------------------------------- BLT-D semantics
 def _reference_blt_d(model, prompt: bytes, n_new: int, b: int, rule: blt_d.UnmaskRule) -> list[int]:

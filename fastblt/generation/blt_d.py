@@ -106,19 +106,35 @@ def check_block_size(model: BLT, method: str, block_size: int | None) -> int:
 
 
 def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskRule, pick: Pick,
-               clean_kv: torch.Tensor | None = None, ignore_eos: bool = False) -> tuple[list[int], int]:
+               clean_kv: torch.Tensor | None = None, ignore_eos: bool = False,
+               first: Pick | None = None) -> tuple[list[int], int, torch.Tensor | None]:
     """Algorithm 1's inner loop: start from ``size`` MASK slots after the state's bytes and unmask
     them with ``rule`` until none is left, drawing values with ``pick``.
 
-    Returns (the filled block's ids, decoder passes spent). Adds the passes to
-    ``counters.diffusion_steps``. See :meth:`BLTState.decode_block` for kv_block / clean_kv.
+    first: None (Algorithm 1 as written), or a pick for slot 0 from the first pass's last clean row
+    (BLT-DV's fused schedule): that row, the pending byte's, is the next-byte prediction for slot 0's
+    position, so slot 0 takes its value in the same pass and the rule unmasks the other slots
+    (later passes condition on it). Needs a clean row in the first pass.
+    Returns (the filled block's ids, decoder passes spent, that clean row's logits [1, 260] float32
+    or None). Adds the passes to ``counters.diffusion_steps``. See :meth:`BLTState.decode_block` for
+    kv_block / clean_kv.
     """
     slots = [MASK_ID] * size
     masked = list(range(size))
     passes = 0
+    clean_last = None
     while masked:
-        logits = state.decode_block(slots, kv_block, clean_kv)[0]  # [size, 260]
+        if first is not None and passes == 0 and state.n_dec < len(state):
+            clean, logits = state.decode_block(slots, kv_block, clean_kv, with_clean=True)
+            clean_last = clean[0, -1:]  # [1, 260]: the last clean row predicts slot 0
+            slots[0] = first(clean_last)[0]
+            masked = masked[1:]
+            logits = logits[0]
+        else:
+            logits = state.decode_block(slots, kv_block, clean_kv)[0]  # [size, 260]
         passes += 1
+        if not masked:
+            break
         last = rule.max_steps is not None and passes >= rule.max_steps
         chosen = list(range(len(masked))) if last else rule.choose(logits[masked], ignore_eos)
         where = [masked[i] for i in chosen]
@@ -126,7 +142,7 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
             slots[i] = v
         masked = [masked[i] for i in sorted(set(range(len(masked))) - set(chosen))]
     state.counters.diffusion_steps += passes
-    return slots, passes
+    return slots, passes, clean_last
 
 
 def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int | None = None,
@@ -154,8 +170,8 @@ def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int 
         state.encode()
         kv = state.close_patches(provisional=True)  # o_M: [1, k, d_local]
         assert kv is not None
-        new, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
-                            ignore_eos=ctx.sampler.params.ignore_eos)
+        new, _, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
+                               ignore_eos=ctx.sampler.params.ignore_eos)
         ctx.counters.iterations += 1
         if ctx.out.emit(new):
             return

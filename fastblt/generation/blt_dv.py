@@ -4,7 +4,11 @@ Algorithm 1 with do_verify = True, verification = Algorithm 2).
 The proposer of :func:`~fastblt.generation.speculative.speculate`: one BLT-D block of up to B bytes
 (:func:`.blt_d.fill_block`; default one-step: a single decoder pass fills the block) after the
 pending byte, its slots reading the drafting latent. There is no separate prefill: the first block
-pass also decodes the prompt's rows. Verification, schedules ("paper": 2 E+G calls per iteration as
+pass also decodes the prompt's rows. In the "fused" schedule the block pass's last clean row (the
+pending byte's, on the drafting latent) predicts slot 0 in the same pass, and slot 0 takes that
+byte (beyond the paper: the first drafted byte is then the AR model's own, and when the row read
+the verifier's latent its logits *are* the verifier's row, reused by verification; 38.6% → 44.4%
+acceptance on held-out code, one-step). "paper" fills every slot by diffusion, as Algorithm 1. Verification, schedules ("paper": 2 E+G calls per iteration as
 the paper counts; "fused": the block reads the last computed latent and verification runs lazily),
 sampling and accounting are the shared loop's. Greedy BLT-DV == greedy cached BLT on the same
 (BLT-D) model, byte for byte.
@@ -43,10 +47,11 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
     def greedy(logits: torch.Tensor) -> list[int]:
         return ctx.sampler.suppress(logits).argmax(-1).tolist()
 
-    def propose(state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> tuple[list[int], None]:
+    def propose(state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> tuple[list[int], torch.Tensor | None]:
         # clean rows read their own latents when they are computed, else the drafting latent (redone)
-        drafted, _ = fill_block(state, kv, budget, rule, greedy, None if patched else kv, ignore_eos=ignore_eos)
+        drafted, _, last = fill_block(state, kv, budget, rule, greedy, None if patched else kv, ignore_eos=ignore_eos,
+                                      first=None if patched else greedy)
         state.append(drafted)
-        return drafted, None
+        return drafted, last
 
     speculate(model, ids, ctx, propose, draft_length=size, schedule=schedule, prefill=False)

@@ -63,9 +63,10 @@ class Propose(Protocol):
     (after the provisional E+G call; not after "fused"). The proposer appends its drafted bytes to the
     state and returns them; it may leave decoder rows from the last pending byte on in the cache
     (verification redoes them), but must decode any earlier row with its own latent. The logits
-    ([len(drafted), 260] float32, or None) are those of decoder rows n .. n + len(drafted) − 1 when
-    the proposer decoded exactly these rows on ``kv`` and left them in the cache (BLT-S): rows that
-    read the verifier's latent are then reused by :func:`verify_lazy`.
+    ([m, 260] float32, m ≤ len(drafted), or None) are those of decoder rows n .. n + m − 1 when the
+    proposer decoded exactly these rows on ``kv`` and left them in the cache (BLT-S: every draft row;
+    BLT-DV: the pending byte's row n of its block pass): rows that read the verifier's latent are
+    then reused by :func:`verify_lazy`.
     """
 
     def __call__(self, state: BLTState, kv: torch.Tensor, budget: int,
@@ -107,7 +108,7 @@ def verify_lazy(state: BLTState, n: int, drafted: list[int], sampler: Sampler,
     as far as they are needed (the "fused" schedule; see the module docstring).
 
     draft_latent: index of the latent every draft row read (None: a provisional latent, never the
-    verifier's); draft_logits [len(drafted), 260]: the draft rows' logits (:class:`Propose`).
+    verifier's); draft_logits [m, 260]: logits of rows n .. n + m − 1 (:class:`Propose`).
     Phase 1: rows n .. r − 1 whose latents are computed (r: the first row reading a patch closed
     inside the draft) — reused draft rows, then one decoder pass over the others. Phase 2, only if
     every phase-1 row matched: one global call for the new patches and one decoder pass over rows
@@ -120,7 +121,7 @@ def verify_lazy(state: BLTState, n: int, drafted: list[int], sampler: Sampler,
         r += 1
     reuse = 0
     if draft_logits is not None and draft_latent is not None:
-        while reuse < min(len(drafted), r - n) and state.row_patch(n + reuse) == draft_latent:
+        while reuse < min(len(drafted), len(draft_logits), r - n) and state.row_patch(n + reuse) == draft_latent:
             reuse += 1
 
     def rows():  # the verifier's logits of rows n, n + 1, ... [1, 260], each computed when first asked for

@@ -269,7 +269,7 @@ class BLTState:
         return logits
 
     def decode_block(self, slot_ids: list[int], kv_block: torch.Tensor,
-                     clean_kv: torch.Tensor | None = None) -> torch.Tensor:
+                     clean_kv: torch.Tensor | None = None, with_clean: bool = False) -> torch.Tensor:
         """One BLT-D decoder pass in the inference layout (Fast BLT §3.1.1, Fig. 3; one decoder NFE).
 
         Rows: the clean rows n_dec .. N − 1 not yet decoded (they enter the decoder KV cache), then B
@@ -281,7 +281,9 @@ class BLTState:
         their own latent (BLT rule: patch starts through column N and closed-patch latents needed);
         [1, k, d_local] → every clean row reads these (drafting on a fixed latent; rows redone later).
         Returns slot logits [1, B, 260] float32; equals ``diffusion.block_logits_inference`` when the
-        clean rows follow the BLT rule and kv_block is the provisional last latent.
+        clean rows follow the BLT rule and kv_block is the provisional last latent. with_clean: return
+        (clean-row logits [1, n_clean, 260], slot logits) — clean rows attend only clean keys, so
+        each is the cached decoder step of its byte on the latent it read.
         """
         n, lo, b = len(self.ids), self.n_dec, len(slot_ids)
         if self.n_enc < n:
@@ -307,6 +309,8 @@ class BLTState:
         logits = self._run_decoder(torch.cat([self.h[:, lo:n], slots], 1), q_pos, self_mask, xkv, cross)
         self.n_dec = n
         self.crop_decoder(n)  # the slot rows leave the cache
+        if with_clean:
+            return logits[:, :n_clean], logits[:, n_clean:]
         return logits[:, n_clean:]
 
     # ------------------------------------------------------------------ whole steps
