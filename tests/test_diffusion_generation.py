@@ -113,13 +113,17 @@ def test_fused_blt_dv_first_drafted_byte_is_the_verifiers(models, monkeypatch, r
     assert any(reused for g, reused, _ in seen if not g)
 
 # ----------------------------------------------------------------------------- BLT-D semantics
-def _reference_blt_d(model, prompt: bytes, n_new: int, b: int, rule: blt_d.UnmaskRule) -> list[int]:
-    """Uncached greedy Algorithm 1: ``block_logits_inference`` on the full prefix for every pass."""
+def _reference_blt_d(model, prompt: bytes, n_new: int, b: int, rule: blt_d.UnmaskRule,
+                     ar_first: bool = False) -> list[int]:
+    """Uncached greedy Algorithm 1: ``block_logits_inference`` on the full prefix for every pass.
+    ar_first: slot 0 of every block is uncached greedy BLT's next byte after the prefix."""
     x = prompt_ids(prompt)
     out: list[int] = []
     while len(out) < n_new:
         size = min(b, n_new - len(out))
         slots, masked, passes = [MASK_ID] * size, list(range(size)), 0
+        if ar_first:
+            slots[0], masked = int(suppress(model(torch.tensor([x]))[0, -1]).argmax()), masked[1:]
         while masked:
             logits = block_logits_inference(model, torch.tensor([x]), torch.tensor([slots]))[0]
             passes += 1
@@ -147,6 +151,23 @@ def test_greedy_blt_d_equals_uncached_algorithm_1(models, b, prompt):
                                                                     rule.get("gamma", 1.0)))
             ids = _ids(r.bytes) + ([EOS_ID] if r.stop_reason == "eos" else [])
             assert ids == ref[:len(ids)], rule
+
+
+@pytest.mark.parametrize("b,prompt", [(1, b"hello world"), (4, b""), (8, b"hello world"), (16, PROMPTS[2])])
+def test_blt_d_ar_first_slot_equals_its_uncached_reference(models, b, prompt):
+    """first_slot="ar": every block's first byte is greedy BLT's next byte after the prefix (the block
+    pass's last clean row, on its own latent), the other slots Algorithm 1's."""
+    m = models[b]
+    with torch.no_grad():
+        for rule in RULES[:3] if b > 1 else RULES[:1]:
+            r = generate(m, prompt, method="blt-d", max_new_bytes=24, first_slot="ar", **rule)
+            ref = _reference_blt_d(m, prompt, 24, b, blt_d.UnmaskRule(rule["unmask"], rule.get("alpha", 0.7),
+                                                                    rule.get("gamma", 1.0)), ar_first=True)
+            ids = _ids(r.bytes) + ([EOS_ID] if r.stop_reason == "eos" else [])
+            assert ids == ref[:len(ids)], rule
+    if b == 1:  # a block of one byte is the AR byte: BLT-D is greedy BLT
+        assert generate(m, prompt, method="blt-d", max_new_bytes=24, first_slot="ar").bytes == \
+            generate(m, prompt, method="blt", max_new_bytes=24).bytes
 
 
 @pytest.mark.parametrize("prefix_len,b", [(1, 8), (12, 4), (37, 8), (60, 16)])

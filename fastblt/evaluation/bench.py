@@ -74,7 +74,8 @@ class MethodSpec:
 def default_specs(block_size: int | None, quick: bool = False, schedule: str = "fused") -> list[MethodSpec]:
     """The paper's sweep (Tables 3–10) for a model trained with ``block_size`` (None: plain BLT).
 
-    BLT-S k ∈ {4, 8, 16}; BLT-D conf α ∈ {0.5, 0.7}, EB γ ∈ {0.8, 1.0}; BLT-DV one-step, conf
+    BLT-S k ∈ {4, 8, 16}; BLT-D conf α ∈ {0.5, 0.7}, EB γ ∈ {0.8, 1.0} (and, beyond the paper, conf
+    α = 0.5 and EB γ = 1.0 with ``first_slot="ar"``); BLT-DV one-step, conf
     α = 0.3, EB γ ∈ {1.5, 2.0}. ``quick``: one setting per family. ``schedule``: "fused" (the
     default of ``generate``), "paper" (the paper's 2-E+G-call schedule) or "both" for the BLT-S and
     BLT-DV rows; paper-schedule rows are labelled "… sched=paper". Raises ValueError for another
@@ -97,6 +98,11 @@ def default_specs(block_size: int | None, quick: bool = False, schedule: str = "
             specs.append(MethodSpec(f"BLT-D-{b} conf α={a}", "blt-d", {"unmask": "confidence", "alpha": a}))
         for g in (() if quick else (0.8, 1.0)):
             specs.append(MethodSpec(f"BLT-D-{b} EB γ={g}", "blt-d", {"unmask": "entropy", "gamma": g}))
+        if not quick:  # beyond the paper: slot 0 from the clean row's next-byte prediction
+            specs.append(MethodSpec(f"BLT-D-{b} conf α=0.5 AR slot 0", "blt-d",
+                                    {"unmask": "confidence", "alpha": 0.5, "first_slot": "ar"}))
+            specs.append(MethodSpec(f"BLT-D-{b} EB γ=1.0 AR slot 0", "blt-d",
+                                    {"unmask": "entropy", "gamma": 1.0, "first_slot": "ar"}))
         specs += speculative(f"BLT-DV-{b} 1-step", "blt-dv", {"unmask": "one-step"})
         if not quick:
             specs += speculative(f"BLT-DV-{b} conf α=0.3", "blt-dv", {"unmask": "confidence", "alpha": 0.3})

@@ -36,7 +36,7 @@ import torch
 
 from ..config import MASK_ID
 from ..model.blt import BLT
-from .methods import CHOICES, Unmask
+from .methods import CHOICES, FirstSlot, Unmask
 from .sampling import suppress
 from .state import BLTState
 from .stopping import Context
@@ -147,17 +147,23 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
 
 def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int | None = None,
                    unmask: Unmask = "confidence", alpha: float = 0.7, gamma: float = 1.0,
-                   max_steps_per_block: int | None = None) -> None:
+                   max_steps_per_block: int | None = None, first_slot: FirstSlot = "diffusion") -> None:
     """BLT-D (Algorithm 1 with do_verify = False). ids: BOS + prompt byte ids.
 
     block_size: B (None: the model's ``cfg.diffusion_block_size``); unmask: "confidence" (α) |
-    "entropy" (γ, nats) | "one-step"; max_steps_per_block: S (None: B, i.e. no cap). Per block: one
-    entropy + encoder + global call, then one decoder call per unmasking pass. Counts blocks in
+    "entropy" (γ, nats) | "one-step"; max_steps_per_block: S (None: B, i.e. no cap);
+    first_slot: "diffusion" (Algorithm 1: every slot is unmasked by the rule) | "ar" (beyond the
+    paper: slot 0 takes the value drawn from the block's first pass's last clean row — the bytes
+    committed by the previous block, on their own latents: BLT's next-byte distribution given the
+    prefix — and the rule unmasks the others; no extra decoder call). Per block: one entropy +
+    encoder + global call, then one decoder call per unmasking pass. Counts blocks in
     ``counters.iterations`` and passes in ``counters.diffusion_steps``.
     Raises ValueError for a model without diffusion training or invalid options.
     """
     size = check_block_size(model, "blt-d", block_size)
     rule = UnmaskRule(unmask, alpha, gamma, max_steps_per_block)
+    if first_slot not in CHOICES["FirstSlot"]:
+        raise ValueError(f"first_slot must be one of {CHOICES['FirstSlot']}, got {first_slot!r}")
 
     def pick(logits: torch.Tensor) -> list[int]:
         return ctx.sampler.sample(logits).tolist()
@@ -171,7 +177,7 @@ def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int 
         kv = state.close_patches(provisional=True)  # o_M: [1, k, d_local]
         assert kv is not None
         new, _, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
-                               ignore_eos=ctx.sampler.params.ignore_eos)
+                               ignore_eos=ctx.sampler.params.ignore_eos, first=pick if first_slot == "ar" else None)
         ctx.counters.iterations += 1
         if ctx.out.emit(new):
             return

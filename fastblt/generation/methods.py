@@ -26,7 +26,9 @@ from typing import Any, Literal
 
 Schedule = Literal["paper", "fused"]  # speculative E+G schedule (speculative.py)
 Unmask = Literal["confidence", "entropy", "one-step"]  # BLT-D unmasking rule (Fast BLT §3.1.2)
-CHOICES: dict[str, tuple[str, ...]] = {"Schedule": typing.get_args(Schedule), "Unmask": typing.get_args(Unmask)}
+FirstSlot = Literal["diffusion", "ar"]  # what fills a BLT-D block's slot 0 (blt_d.py)
+CHOICES: dict[str, tuple[str, ...]] = {"Schedule": typing.get_args(Schedule), "Unmask": typing.get_args(Unmask),
+                                       "FirstSlot": typing.get_args(FirstSlot)}
 
 METHODS: dict[str, str | Callable[..., None]] = {
     "blt": "fastblt.generation.blt:generate_blt",
