@@ -112,9 +112,10 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
     them with ``rule`` until none is left, drawing values with ``pick``.
 
     first: None (Algorithm 1 as written), or a pick for slot 0 from the first pass's last clean row
-    (BLT-DV's fused schedule): that row, the pending byte's, is the next-byte prediction for slot 0's
-    position, so slot 0 takes its value in the same pass and the rule unmasks the other slots
-    (later passes condition on it). Needs a clean row in the first pass.
+    (BLT-DV's fused schedule; BLT-D ``first_slot="ar"``): that row, the last committed or pending
+    byte's, is the next-byte prediction for slot 0's position, so slot 0 takes its value in the
+    same pass and the rule unmasks the other slots (later passes condition on it). A first pass
+    without clean rows leaves slot 0 to the rule.
     Returns (the filled block's ids, decoder passes spent, that clean row's logits [1, 260] float32
     or None). Adds the passes to ``counters.diffusion_steps``. See :meth:`BLTState.decode_block` for
     kv_block / clean_kv.
