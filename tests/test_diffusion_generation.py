@@ -296,10 +296,20 @@ def test_plain_model_gets_a_clear_error(method):
 
 
 @pytest.mark.parametrize("bad", [{"block_size": 0}, {"unmask": "random"}, {"alpha": -0.1}, {"gamma": -1.0},
-                                 {"gamma": math.inf}, {"max_steps_per_block": 0}, {"schedule": "eager"}])
-def test_invalid_options(models, bad):
-    with pytest.raises(ValueError):
-        generate(models[4], b"hi", method="blt-dv", max_new_bytes=4, **bad)
+                                 {"gamma": math.inf}, {"max_steps_per_block": 0}, {"schedule": "eager"},
+                                 {"alpha": True}, {"block_size": 2.0}, {"unmask": None}])
+@pytest.mark.parametrize("n", [4, 0])
+def test_invalid_options(models, bad, n):
+    """Refused with the option's name, also when nothing would be generated (max_new_bytes = 0)."""
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        generate(models[4], b"hi", method="blt-dv", max_new_bytes=n, **bad)
+
+
+@pytest.mark.parametrize("bad", ["AR", "", None, 0, "ar ", "paper", ["ar"], True])
+@pytest.mark.parametrize("n", [4, 0])
+def test_invalid_first_slot(models, bad, n):
+    with pytest.raises(ValueError, match="first_slot"):
+        generate(models[4], b"hi", method="blt-d", max_new_bytes=n, first_slot=bad)
 
 
 @pytest.mark.parametrize("method,rule", [("blt-d", {}), ("blt-d", {"unmask": "entropy"}), ("blt-dv", {})])

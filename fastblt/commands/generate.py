@@ -28,7 +28,7 @@ from ..generation.methods import METHODS, Option, method_options, option_specs
 # What each option means (metavar, help); its kind, choices and defaults come from the signatures.
 OPTION_HELP = {
     "draft_length": ("K", "most bytes drafted per speculative iteration, k (paper: 4, 8, 16)"),
-    "schedule": (None, "speculative schedule: paper (Algorithm 2 as written: 2 E+G calls and one full verifying pass per iteration) or fused (default: E+G calls only when a latent is missing, verification decodes only the rows it needs; same bytes)"),
+    "schedule": (None, "speculative schedule: paper (Algorithm 2 as written: 2 E+G calls and one full verifying pass per iteration) or fused (default: E+G calls only when a latent is missing, verification decodes only the rows it needs, and BLT-DV's slot 0 comes from the pending byte's row in the block pass; same bytes, other NFE counts)"),
     "block_size": ("B", "BLT-D block size B (None: the model's trained diffusion_block_size)"),
     "unmask": (None, "BLT-D unmasking rule"),
     "alpha": ("A", "confidence threshold: unmask slots whose max probability > A (>= 1: one slot per pass)"),

@@ -75,9 +75,11 @@ def generate(model: BLT, prompt: bytes | str, method: str = "blt", max_new_bytes
     method: "blt" (cached), "blt-uncached" (full recompute per byte), "blt-s" (self-speculation,
     options ``draft_length`` k and ``schedule`` "paper"|"fused"), "blt-d" (block diffusion, BLT-D
     models only; options ``block_size``, ``unmask`` "confidence"|"entropy"|"one-step", ``alpha``,
-    ``gamma``, ``max_steps_per_block``), "blt-dv" (diffusion draft + verification; the same
-    options and ``schedule``), or any registered method; :func:`method_options` lists a method's
-    options and defaults. An option the method does not take raises ValueError.
+    ``gamma``, ``max_steps_per_block``, ``first_slot`` "diffusion"|"ar"), "blt-dv" (diffusion
+    draft + verification; the same options but ``first_slot``, and ``schedule``), or any
+    registered method; :func:`method_options` lists a method's options and defaults. An option the
+    method does not take, or a value its annotation refuses, raises ValueError (before anything
+    runs, also with max_new_bytes = 0).
     temperature 0 = greedy; top_k / top_p filter the distribution; ``seed`` seeds a fresh
     torch.Generator for this call (None: random, reported in stats["seed"]).
     stop: byte/str strings; the result ends at the first one (included). EOS ends without being

@@ -18,6 +18,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +44,31 @@ METHODS: dict[str, str | Callable[..., None]] = {
 class Option:
     """One keyword-only option of a method: its name, default and value kind.
 
-    kind: int, float or str; choices: the allowed strings of a ``Literal`` option (else None).
+    kind: int, float or str; choices: the allowed strings of a ``Literal`` option (else None);
+    optional: None is allowed (the annotation has ``| None``).
     """
 
     name: str
     default: Any
     kind: type
     choices: tuple[str, ...] | None = None
+    optional: bool = False
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError unless ``value`` is valid for this option (module docstring: an int is a
+        count ≥ 1, a float a finite threshold ≥ 0, a choice one of its strings; None only if
+        optional; other values are left to the method)."""
+        if self.choices is None and self.kind not in (int, float):
+            return  # a free string, or an option without a known annotation: the method checks it
+        if self.choices is not None:
+            want, ok = f"one of {self.choices}", isinstance(value, str) and value in self.choices
+        elif self.kind is int:
+            want, ok = "an integer >= 1", isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:
+            want = "a finite number >= 0"
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        if not (ok or (value is None and self.optional)):
+            raise ValueError(f"{self.name} must be {want}{' or None' if self.optional else ''}, got {value!r}")
 
 
 def register_method(name: str, target: str | Callable[..., None]) -> None:
@@ -72,20 +91,22 @@ def method_function(name: str) -> Callable[..., None]:
     return getattr(importlib.import_module(module), func)
 
 
-def _kind(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
-    """(kind, choices) of an annotation given as text ("int | None", "Schedule") or as an object."""
+def _kind(annotation: Any) -> tuple[type, tuple[str, ...] | None, bool]:
+    """(kind, choices, optional) of an annotation given as text ("int | None", "Schedule") or as an object."""
     if isinstance(annotation, str):
+        optional = "None" in [p.strip() for p in annotation.split("|")]
         parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
         name = parts[0] if len(parts) == 1 else ""
         if name in CHOICES:
-            return str, CHOICES[name]
-        return {"int": int, "float": float, "str": str}.get(name, str), None
+            return str, CHOICES[name], optional
+        return {"int": int, "float": float, "str": str}.get(name, str), None, optional
+    optional = type(None) in typing.get_args(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     if typing.get_origin(annotation) is Literal:
-        return str, tuple(typing.get_args(annotation))
+        return str, tuple(typing.get_args(annotation)), optional
     if typing.get_origin(args[0]) is Literal:
-        return str, tuple(typing.get_args(args[0]))
-    return (args[0], None) if args[0] in (int, float, str) else (str, None)
+        return str, tuple(typing.get_args(args[0])), optional
+    return (args[0], None, optional) if args[0] in (int, float, str) else (str, None, optional)
 
 
 def _options_from_source(module: str, func: str) -> list[Option]:
@@ -120,10 +141,13 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options a call passes to method ``name``: its defaults updated with ``options``.
 
     Raises ValueError, the same way for every method and option, when ``options`` holds a name the
-    method does not take.
+    method does not take or a value its annotation refuses (:meth:`Option.check`; checked before
+    anything runs, so also when nothing is generated).
     """
-    known = method_options(name)
-    refused = sorted(set(options) - set(known))
+    specs = {o.name: o for o in option_specs(name)}
+    refused = sorted(set(options) - set(specs))
     if refused:
-        raise ValueError(f"method {name!r} does not take {refused}; its options: {sorted(known) or 'none'}")
-    return {**known, **options}
+        raise ValueError(f"method {name!r} does not take {refused}; its options: {sorted(specs) or 'none'}")
+    for key, value in options.items():
+        specs[key].check(value)
+    return {**{k: o.default for k, o in specs.items()}, **options}
