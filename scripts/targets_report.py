@@ -29,6 +29,8 @@ def main() -> int:
     p.add_argument("--results", default="docs/bench_bltd_heldout/results.json")
     p.add_argument("--model", default="fastblt/assets/default_model")
     p.add_argument("--dv", default="BLT-DV-8 1-step", help="row of BLT-DV with default options")
+    p.add_argument("--dv-block", default="BLT-DV-8 1-step whole block",
+                   help="row of BLT-DV drafting whole blocks (draft_cutoff 0): the acceptance target's row")
     p.add_argument("--d", default="BLT-D-8 conf α=0.7", help="row of BLT-D with default options")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -44,11 +46,13 @@ def main() -> int:
         rows = res[task]
         blt = rows["BLT"]
         _, dv = pick(rows, a.dv)
+        _, dvb = pick(rows, a.dv_block)
         _, d = pick(rows, a.d)
         cells["eq"].append(f"chrF {dv['scores']['chrf']:.2f} vs {blt['scores']['chrf']:.2f} "
                            f"({ok(abs(dv['scores']['chrf'] - blt['scores']['chrf']) < 1e-9)}; bytes checked equal in the tests)")
-        acc = dv["acceptance_rate"]
-        cells["acc"].append(f"{100 * acc:.1f}% ({ok(acc >= 0.5) if task == 'code' else 'no target'})")
+        acc = dvb["acceptance_rate"]  # of whole blocks: the block head's quality, as the paper measures it
+        cells["acc"].append(f"{100 * acc:.1f}% ({ok(acc >= 0.5) if task == 'code' else 'no target'}; "
+                            f"{100 * dv['acceptance_rate']:.1f}% of the drafts cut at draft_cutoff)")
         cells["bw"].append(f"{dv['est_bandwidth_gb_3b']:.0f} vs {blt['est_bandwidth_gb_3b']:.0f} GB "
                            f"({ok(dv['est_bandwidth_gb_3b'] < blt['est_bandwidth_gb_3b'])})")
         cells["speed"].append(f"{dv['speed_vs_blt']:.2f}× BLT ({ok(dv['speed_vs_blt'] > 1)})")
@@ -57,7 +61,7 @@ def main() -> int:
         ratio = d["scores"]["chrf"] / max(1e-9, blt["scores"]["chrf"])
         cells["chrf"].append(f"{d['scores']['chrf']:.2f} vs {blt['scores']['chrf']:.2f} = {ratio:.2f}× ({ok(ratio >= 0.8)})")
         cells["bpe"].append(f"BLT {blt['new_bytes'] / blt['global_nfe']:.1f}, BLT-DV {dv['new_bytes'] / dv['global_nfe']:.1f}")
-    names = {"eq": f"{a.dv}: greedy output == BLT", "acc": f"{a.dv}: acceptance ≥ 50% (code)",
+    names = {"eq": f"{a.dv}: greedy output == BLT", "acc": f"{a.dv_block}: acceptance ≥ 50% (code)",
              "bw": f"{a.dv}: 3B-priced bandwidth (as run) below BLT's", "speed": f"{a.dv}: wall-clock below BLT's",
              "dbw": f"{a.d}: ≥ 40% less 3B-priced bandwidth than BLT", "chrf": f"{a.d}: chrF ≥ 0.8× BLT's",
              "bpe": "bytes per E+G call (context)"}

@@ -38,12 +38,14 @@ def _ids(data: bytes) -> list[int]:
 # ----------------------------------------------------------------------------- BLT-DV == BLT
 @pytest.mark.parametrize("b", [4, 8, 16])
 @pytest.mark.parametrize("schedule", ["fused", "paper"])
-def test_greedy_blt_dv_equals_blt(models, b, schedule):
+@pytest.mark.parametrize("cutoff", [0.0, 0.3])
+def test_greedy_blt_dv_equals_blt(models, b, schedule, cutoff):
+    """cutoff 0: whole blocks are verified (random weights are never confident, so 0.3 drafts one byte)."""
     m = models[b]
     for p in PROMPTS:
         ref = generate(m, p, method="blt", max_new_bytes=40)
         for rule in RULES:
-            r = generate(m, p, method="blt-dv", max_new_bytes=40, schedule=schedule, **rule)
+            r = generate(m, p, method="blt-dv", max_new_bytes=40, schedule=schedule, draft_cutoff=cutoff, **rule)
             assert r.bytes == ref.bytes and r.stop_reason == ref.stop_reason, (p, rule)
             s = r.stats
             assert s["global_nfe_paper"] == 2 * s["iterations"]
@@ -67,12 +69,13 @@ def test_blt_dv_accepts_correct_drafts(models, monkeypatch, schedule):
     calls = []
 
     def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False, first=None):
-        ids, passes, last = real(state, kv, size, rule, pick, clean_kv, ignore_eos, first)
+        block = real(state, kv, size, rule, pick, clean_kv, ignore_eos, first)
         at = len(state) - len(prompt_ids(prompt))
         calls.append(1)
         good = ref[at:at + size] + [OFFSET] * size
         bad = 2 + len(calls) % 7  # 8: nothing corrupted
-        return [(g + 1 - OFFSET) % 256 + OFFSET if i == bad else g for i, g in enumerate(good[:size])], passes, last
+        ids = [(g + 1 - OFFSET) % 256 + OFFSET if i == bad else g for i, g in enumerate(good[:size])]
+        return block._replace(ids=ids, confidence=[1.0] * size)  # every slot kept (draft_cutoff)
 
     monkeypatch.setattr(blt_dv, "fill_block", oracle)
     r = generate(m, prompt, method="blt-dv", max_new_bytes=60, schedule=schedule)
@@ -100,6 +103,7 @@ def test_fused_blt_dv_first_drafted_byte_is_the_verifiers(models, monkeypatch, r
         return accepted, y
 
     monkeypatch.setattr(speculative, "verify_lazy", spy)
+    rule = {**rule, "draft_cutoff": 0.0}  # whole blocks
     for p in PROMPTS:
         greedy[0] = True
         assert generate(m, p, method="blt-dv", max_new_bytes=40, **rule).bytes == \
@@ -111,6 +115,28 @@ def test_fused_blt_dv_first_drafted_byte_is_the_verifiers(models, monkeypatch, r
     firsts = [acc for g, reused, acc in seen if g and reused]
     assert len(firsts) > 10 and min(firsts) >= 1  # reused rows ran, and their drafted byte always matched
     assert any(reused for g, reused, _ in seen if not g)
+
+
+@pytest.mark.parametrize("schedule", ["fused", "paper"])
+def test_draft_cutoff_ends_the_draft_at_the_first_doubted_slot(models, monkeypatch, schedule):
+    """draft_cutoff keeps slots up to (not including) the first slot after slot 0 whose confidence is
+    below it; the output stays BLT's, greedy and sampled."""
+    m, real, sizes = models[8], blt_dv.fill_block, []
+    pattern = [0.0, 0.9, 0.5, 0.2, 0.9, 0.9, 0.9, 0.9]  # slot 0's confidence never matters
+
+    def fake_confidence(*a, **k):
+        block = real(*a, **k)
+        sizes.append(len(block.ids))
+        return block._replace(confidence=pattern[:len(block.ids)])
+
+    monkeypatch.setattr(blt_dv, "fill_block", fake_confidence)
+    for cutoff, keep in ((0.0, 8), (0.3, 3), (0.6, 2), (1.5, 1)):
+        for kw in ({}, {"temperature": 1.0, "seed": 5}):
+            sizes.clear()
+            r = generate(m, b"hello world", method="blt-dv", max_new_bytes=40, schedule=schedule,
+                         draft_cutoff=cutoff, **kw)
+            assert r.bytes == generate(m, b"hello world", method="blt", max_new_bytes=40, **kw).bytes
+            assert r.stats["drafted_bytes"] == sum(min(keep, n) for n in sizes)  # no drafted EOS here
 
 # ----------------------------------------------------------------------------- BLT-D semantics
 def _reference_blt_d(model, prompt: bytes, n_new: int, b: int, rule: blt_d.UnmaskRule,

@@ -261,7 +261,11 @@ def test_default_sweep_has_the_papers_rows():
     assert {"BLT-DV-8 EB γ=1.5", "BLT-DV-8 EB γ=2.0", "BLT-DV-8 conf α=0.3", "BLT-S k=16"} <= set(labels)
     both = bench.default_specs(8, schedule="both")
     assert {s.kwargs["schedule"] for s in both if s.method in bench.SPECULATIVE} == {"fused", "paper"}
-    assert len(both) == len(labels) + sum(s.method in bench.SPECULATIVE for s in bench.default_specs(8))
+    doubled = [s for s in bench.default_specs(8) if s.method in bench.SPECULATIVE and "whole block" not in s.label]
+    assert len(both) == len(labels) + len(doubled)
+    assert all(s.kwargs["draft_cutoff"] == 0 for s in both if s.method == "blt-dv" and s.kwargs["schedule"] == "paper")
+    whole = next(s for s in bench.default_specs(8) if s.label == "BLT-DV-8 1-step whole block")
+    assert whole.kwargs == {"unmask": "one-step", "draft_cutoff": 0.0, "schedule": "fused"}
     with pytest.raises(ValueError, match="schedule"):
         bench.default_specs(8, schedule="nope")
     assert math.isclose(bench.paper_bytes_per_global_call("translation_fr")["3B"], 512 / 308)

@@ -34,6 +34,8 @@ OPTION_HELP = {
     "alpha": ("A", "confidence threshold: unmask slots whose max probability > A (>= 1: one slot per pass)"),
     "gamma": ("G", "entropy budget in nats: unmask the lowest-entropy slots whose entropies sum to <= G"),
     "max_steps_per_block": ("S", "cap on decoder passes per block, the last unmasking every slot (None: no cap)"),
+    "draft_cutoff": ("C", "BLT-DV: end the draft before the first slot after slot 0 whose max probability is below C "
+                          "(beyond the paper; 0 = verify the whole block, as the paper)"),
     "first_slot": (None, "what fills a BLT-D block's first slot: diffusion (the paper: the unmasking rule) or ar "
                          "(beyond the paper: the next-byte prediction of the block pass's last clean row, same pass)"),
 }

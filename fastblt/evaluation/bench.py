@@ -75,10 +75,12 @@ def default_specs(block_size: int | None, quick: bool = False, schedule: str = "
     """The paper's sweep (Tables 3–10) for a model trained with ``block_size`` (None: plain BLT).
 
     BLT-S k ∈ {4, 8, 16}; BLT-D conf α ∈ {0.5, 0.7}, EB γ ∈ {0.8, 1.0} (and, beyond the paper, conf
-    α = 0.5 and EB γ = 1.0 with ``first_slot="ar"``); BLT-DV one-step, conf
+    α = 0.5 and EB γ = 1.0 with ``first_slot="ar"``); BLT-DV one-step (also with whole-block
+    drafts, ``draft_cutoff`` 0), conf
     α = 0.3, EB γ ∈ {1.5, 2.0}. ``quick``: one setting per family. ``schedule``: "fused" (the
     default of ``generate``), "paper" (the paper's 2-E+G-call schedule) or "both" for the BLT-S and
-    BLT-DV rows; paper-schedule rows are labelled "… sched=paper". Raises ValueError for another
+    BLT-DV rows; paper-schedule rows are labelled "… sched=paper" (BLT-DV's with ``draft_cutoff``
+    0: whole blocks, as the paper). Raises ValueError for another
     schedule.
     """
     if schedule not in BENCH_SCHEDULES:
@@ -86,8 +88,9 @@ def default_specs(block_size: int | None, quick: bool = False, schedule: str = "
     scheds = ("fused", "paper") if schedule == "both" else (schedule,)
 
     def speculative(label: str, method: str, kwargs: dict[str, Any]) -> list[MethodSpec]:
-        return [MethodSpec(label if s == "fused" else f"{label} sched=paper", method, {**kwargs, "schedule": s})
-                for s in scheds]
+        paper = {"draft_cutoff": 0.0} if method == "blt-dv" else {}  # the paper verifies whole blocks
+        return [MethodSpec(label if s == "fused" else f"{label} sched=paper", method,
+                           {**kwargs, "schedule": s, **(paper if s == "paper" else {})}) for s in scheds]
 
     specs = [MethodSpec("BLT", "blt"), MethodSpec("BLT uncached", "blt-uncached")]
     for k in ((8,) if quick else (4, 8, 16)):
@@ -104,6 +107,9 @@ def default_specs(block_size: int | None, quick: bool = False, schedule: str = "
             specs.append(MethodSpec(f"BLT-D-{b} EB γ=1.0 AR slot 0", "blt-d",
                                     {"unmask": "entropy", "gamma": 1.0, "first_slot": "ar"}))
         specs += speculative(f"BLT-DV-{b} 1-step", "blt-dv", {"unmask": "one-step"})
+        if not quick:  # the paper's whole-block drafts in the fused schedule: the block head's acceptance
+            specs.append(MethodSpec(f"BLT-DV-{b} 1-step whole block", "blt-dv",
+                                    {"unmask": "one-step", "draft_cutoff": 0.0, "schedule": "fused"}))
         if not quick:
             specs += speculative(f"BLT-DV-{b} conf α=0.3", "blt-dv", {"unmask": "confidence", "alpha": 0.3})
             for g in (1.5, 2.0):

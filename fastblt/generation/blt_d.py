@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -105,9 +106,20 @@ def check_block_size(model: BLT, method: str, block_size: int | None) -> int:
     return b
 
 
+class FilledBlock(NamedTuple):
+    """:func:`fill_block`'s result: ids (B values), passes (decoder passes spent), clean_logits (the
+    first pass's last clean row [1, 260] float32 when it filled slot 0, else None), confidence (per
+    slot, the max probability of the distribution it was drawn from, specials suppressed)."""
+
+    ids: list[int]
+    passes: int
+    clean_logits: torch.Tensor | None
+    confidence: list[float]
+
+
 def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskRule, pick: Pick,
                clean_kv: torch.Tensor | None = None, ignore_eos: bool = False,
-               first: Pick | None = None) -> tuple[list[int], int, torch.Tensor | None]:
+               first: Pick | None = None) -> FilledBlock:
     """Algorithm 1's inner loop: start from ``size`` MASK slots after the state's bytes and unmask
     them with ``rule`` until none is left, drawing values with ``pick``.
 
@@ -116,19 +128,23 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
     byte's, is the next-byte prediction for slot 0's position, so slot 0 takes its value in the
     same pass and the rule unmasks the other slots (later passes condition on it). A first pass
     without clean rows leaves slot 0 to the rule.
-    Returns (the filled block's ids, decoder passes spent, that clean row's logits [1, 260] float32
-    or None). Adds the passes to ``counters.diffusion_steps``. See :meth:`BLTState.decode_block` for
-    kv_block / clean_kv.
+    Returns a :class:`FilledBlock`. Adds the passes to ``counters.diffusion_steps``. See
+    :meth:`BLTState.decode_block` for kv_block / clean_kv.
     """
     slots = [MASK_ID] * size
+    conf = [0.0] * size
     masked = list(range(size))
     passes = 0
     clean_last = None
+
+    def top_p(rows: torch.Tensor) -> list[float]:  # max probability of each row's distribution
+        return suppress(rows, ignore_eos).softmax(-1).max(-1).values.tolist()
+
     while masked:
         if first is not None and passes == 0 and state.n_dec < len(state):
             clean, logits = state.decode_block(slots, kv_block, clean_kv, with_clean=True)
             clean_last = clean[0, -1:]  # [1, 260]: the last clean row predicts slot 0
-            slots[0] = first(clean_last)[0]
+            slots[0], conf[0] = first(clean_last)[0], top_p(clean_last)[0]
             masked = masked[1:]
             logits = logits[0]
         else:
@@ -139,11 +155,11 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
         last = rule.max_steps is not None and passes >= rule.max_steps
         chosen = list(range(len(masked))) if last else rule.choose(logits[masked], ignore_eos)
         where = [masked[i] for i in chosen]
-        for i, v in zip(where, pick(logits[where])):
-            slots[i] = v
+        for i, v, c in zip(where, pick(logits[where]), top_p(logits[where])):
+            slots[i], conf[i] = v, c
         masked = [masked[i] for i in sorted(set(range(len(masked))) - set(chosen))]
     state.counters.diffusion_steps += passes
-    return slots, passes, clean_last
+    return FilledBlock(slots, passes, clean_last, conf)
 
 
 def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int | None = None,
@@ -177,8 +193,8 @@ def generate_blt_d(model: BLT, ids: list[int], ctx: Context, *, block_size: int 
         state.encode()
         kv = state.close_patches(provisional=True)  # o_M: [1, k, d_local]
         assert kv is not None
-        new, _, _ = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
-                               ignore_eos=ctx.sampler.params.ignore_eos, first=pick if first_slot == "ar" else None)
+        new = fill_block(state, kv, min(size, ctx.out.remaining), rule, pick,
+                         ignore_eos=ctx.sampler.params.ignore_eos, first=pick if first_slot == "ar" else None).ids
         ctx.counters.iterations += 1
         if ctx.out.emit(new):
             return
