@@ -323,7 +323,8 @@ def test_plain_model_gets_a_clear_error(method):
 
 @pytest.mark.parametrize("bad", [{"block_size": 0}, {"unmask": "random"}, {"alpha": -0.1}, {"gamma": -1.0},
                                  {"gamma": math.inf}, {"max_steps_per_block": 0}, {"schedule": "eager"},
-                                 {"alpha": True}, {"block_size": 2.0}, {"unmask": None}])
+                                 {"alpha": True}, {"block_size": 2.0}, {"unmask": None}, {"alpha": 10**400},
+                                 {"draft_cutoff": -1.0}, {"draft_cutoff": math.nan}])
 @pytest.mark.parametrize("n", [4, 0])
 def test_invalid_options(models, bad, n):
     """Refused with the option's name, also when nothing would be generated (max_new_bytes = 0)."""

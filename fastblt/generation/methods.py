@@ -66,7 +66,10 @@ class Option:
             want, ok = "an integer >= 1", isinstance(value, int) and not isinstance(value, bool) and value >= 1
         else:
             want = "a finite number >= 0"
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            try:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            except OverflowError:  # an int too large for a float (10**400)
+                ok = False
         if not (ok or (value is None and self.optional)):
             raise ValueError(f"{self.name} must be {want}{' or None' if self.optional else ''}, got {value!r}")
 
