@@ -68,8 +68,8 @@ def test_blt_dv_accepts_correct_drafts(models, monkeypatch, schedule):
     real = blt_dv.fill_block
     calls = []
 
-    def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False, first=None):
-        block = real(state, kv, size, rule, pick, clean_kv, ignore_eos, first)
+    def oracle(state, kv, size, rule, pick, clean_kv=None, ignore_eos=False, first=None, with_confidence=False):
+        block = real(state, kv, size, rule, pick, clean_kv, ignore_eos, first, with_confidence)
         at = len(state) - len(prompt_ids(prompt))
         calls.append(1)
         good = ref[at:at + size] + [OFFSET] * size

@@ -109,17 +109,18 @@ def check_block_size(model: BLT, method: str, block_size: int | None) -> int:
 class FilledBlock(NamedTuple):
     """:func:`fill_block`'s result: ids (B values), passes (decoder passes spent), clean_logits (the
     first pass's last clean row [1, 260] float32 when it filled slot 0, else None), confidence (per
-    slot, the max probability of the distribution it was drawn from, specials suppressed)."""
+    slot, the max probability of the distribution it was drawn from, specials suppressed; None
+    unless asked for)."""
 
     ids: list[int]
     passes: int
     clean_logits: torch.Tensor | None
-    confidence: list[float]
+    confidence: list[float] | None
 
 
 def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskRule, pick: Pick,
                clean_kv: torch.Tensor | None = None, ignore_eos: bool = False,
-               first: Pick | None = None) -> FilledBlock:
+               first: Pick | None = None, with_confidence: bool = False) -> FilledBlock:
     """Algorithm 1's inner loop: start from ``size`` MASK slots after the state's bytes and unmask
     them with ``rule`` until none is left, drawing values with ``pick``.
 
@@ -127,12 +128,13 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
     (BLT-DV's fused schedule; BLT-D ``first_slot="ar"``): that row, the last committed or pending
     byte's, is the next-byte prediction for slot 0's position, so slot 0 takes its value in the
     same pass and the rule unmasks the other slots (later passes condition on it). A first pass
-    without clean rows leaves slot 0 to the rule.
+    without clean rows leaves slot 0 to the rule. with_confidence: also return each slot's
+    confidence (one softmax per pass, kept off the loop otherwise).
     Returns a :class:`FilledBlock`. Adds the passes to ``counters.diffusion_steps``. See
     :meth:`BLTState.decode_block` for kv_block / clean_kv.
     """
     slots = [MASK_ID] * size
-    conf = [0.0] * size
+    conf = [0.0] * size if with_confidence else None
     masked = list(range(size))
     passes = 0
     clean_last = None
@@ -144,7 +146,9 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
         if first is not None and passes == 0 and state.n_dec < len(state):
             clean, logits = state.decode_block(slots, kv_block, clean_kv, with_clean=True)
             clean_last = clean[0, -1:]  # [1, 260]: the last clean row predicts slot 0
-            slots[0], conf[0] = first(clean_last)[0], top_p(clean_last)[0]
+            slots[0] = first(clean_last)[0]
+            if conf is not None:
+                conf[0] = top_p(clean_last)[0]
             masked = masked[1:]
             logits = logits[0]
         else:
@@ -155,8 +159,11 @@ def fill_block(state: BLTState, kv_block: torch.Tensor, size: int, rule: UnmaskR
         last = rule.max_steps is not None and passes >= rule.max_steps
         chosen = list(range(len(masked))) if last else rule.choose(logits[masked], ignore_eos)
         where = [masked[i] for i in chosen]
-        for i, v, c in zip(where, pick(logits[where]), top_p(logits[where])):
-            slots[i], conf[i] = v, c
+        for i, v in zip(where, pick(logits[where])):
+            slots[i] = v
+        if conf is not None:
+            for i, c in zip(where, top_p(logits[where])):
+                conf[i] = c
         masked = [masked[i] for i in sorted(set(range(len(masked))) - set(chosen))]
     state.counters.diffusion_steps += passes
     return FilledBlock(slots, passes, clean_last, conf)

@@ -56,8 +56,8 @@ def generate_blt_dv(model: BLT, ids: list[int], ctx: Context, *, block_size: int
     def propose(state: BLTState, kv: torch.Tensor, budget: int, patched: bool) -> tuple[list[int], torch.Tensor | None]:
         # clean rows read their own latents when they are computed, else the drafting latent (redone)
         block = fill_block(state, kv, budget, rule, greedy, None if patched else kv, ignore_eos=ignore_eos,
-                           first=None if patched else greedy)
-        keep = 1
+                           first=None if patched else greedy, with_confidence=draft_cutoff > 0)
+        keep = 1 if draft_cutoff > 0 else len(block.ids)
         while keep < len(block.ids) and block.confidence[keep] >= draft_cutoff:
             keep += 1
         drafted = block.ids[:keep]

@@ -97,8 +97,9 @@ def method_function(name: str) -> Callable[..., None]:
 def _kind(annotation: Any) -> tuple[type, tuple[str, ...] | None, bool]:
     """(kind, choices, optional) of an annotation given as text ("int | None", "Schedule") or as an object."""
     if isinstance(annotation, str):
-        optional = "None" in [p.strip() for p in annotation.split("|")]
-        parts = [p.strip() for p in annotation.split("|") if p.strip() != "None"]
+        every = [p.strip() for p in annotation.split("|")]
+        parts = [p for p in every if p != "None"]
+        optional = len(parts) < len(every)
         name = parts[0] if len(parts) == 1 else ""
         if name in CHOICES:
             return str, CHOICES[name], optional
