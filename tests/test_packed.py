@@ -215,3 +215,28 @@ def test_chunked_matmul_equals_one_product(k, n):
         out = mm(x, w)
         assert out.shape == (m, n) and out.dtype == np.float32
         np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("t,k_len", [(1, 300), (2, 40), (3, 600), (16, 20),  # T·K ≤ SMALL_ATTENTION: NumPy
+                                     (9, 520), (16, 600)])  # torch's kernel
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_numpy_attention_equals_torch_on_both_sides_of_the_threshold(t, k_len, masked, kv_heads):
+    """npdecode.attention runs few query-key pairs in NumPy and many in torch's kernel: both give
+    softmax(q kᵀ / √hd) v as F.scaled_dot_product_attention does (grouped KV heads, a bool mask with
+    a key in every row)."""
+    import torch.nn.functional as F
+
+    from fastblt.model import npdecode as NP
+
+    g = torch.Generator().manual_seed(t * 1000 + k_len)
+    q = torch.randn(1, 4, t, 16, generator=g)
+    k, v = torch.randn(1, kv_heads, k_len, 16, generator=g), torch.randn(1, kv_heads, k_len, 16, generator=g)
+    mask = None
+    if masked:  # a causal band over the last t keys, and a random key dropped per row (the diagonal kept)
+        mask = torch.ones(1, 1, t, k_len, dtype=torch.bool).tril(k_len - t)
+        mask &= torch.rand(1, 1, t, k_len, generator=g) > 0.2
+        mask[..., torch.arange(t), torch.arange(k_len - t, k_len)] = True
+    got = NP.attention(q.numpy(), k.numpy(), v.numpy(), None if mask is None else mask.numpy())
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != 4)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
