@@ -367,6 +367,17 @@ def main() -> int:
         torch.set_num_threads(1)
         print(json.dumps(WORKERS[args.worker](args.model, args.bytes, json.loads(args.flags))))
         return 0
+    for name in ("bytes", "reps", "hf_reps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    levels: list[float] = []
+    if args.overhead_us.strip():
+        try:
+            levels = [float(x) for x in args.overhead_us.split(",")]
+        except ValueError:
+            levels = [-1.0]
+        if not all(0 <= x < 1e6 for x in levels):  # NaN and inf fail too
+            p.error(f"--overhead-us takes comma-separated microseconds in [0, 1e6), e.g. 0,200,800; got {args.overhead_us!r}")
     if args.baseline is None or not (args.baseline / "fastblt").is_dir():
         p.error("--baseline must be the root of a fastblt checkout (e.g. git worktree add /work/wt/baseline c27b73a)")
     model = str(Path(args.model).resolve())
@@ -386,10 +397,7 @@ def main() -> int:
     if not args.no_hf:
         print("[speed] transformers side by side", flush=True)
         doc["hf"] = run_worker(ROOT, "hf", model, args.bytes, dict(flags, hf_reps=args.hf_reps), args.timeout)
-    if args.overhead_us.strip():
-        levels = [float(x) for x in args.overhead_us.split(",")]
-        if any(not (x >= 0) for x in levels):
-            p.error("--overhead-us takes microseconds >= 0, e.g. 0,200,800")
+    if levels:
         print(f"[speed] overhead sweep: {levels} µs per component call", flush=True)
         doc["overhead"] = dict(run_worker(ROOT, "overhead", model, args.bytes,
                                           dict(flags, overhead_us=levels, reps=args.reps), args.timeout), reps=args.reps)
