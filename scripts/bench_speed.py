@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -370,14 +371,12 @@ def main() -> int:
     for name in ("bytes", "reps", "hf_reps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    levels: list[float] = []
-    if args.overhead_us.strip():
-        try:
-            levels = [float(x) for x in args.overhead_us.split(",")]
-        except ValueError:
-            levels = [-1.0]
-        if not all(0 <= x < 1e6 for x in levels):  # NaN and inf fail too
-            p.error(f"--overhead-us takes comma-separated microseconds in [0, 1e6), e.g. 0,200,800; got {args.overhead_us!r}")
+    try:
+        levels = [float(x) for x in args.overhead_us.split(",")] if args.overhead_us.strip() else []
+    except ValueError:
+        levels = [math.nan]
+    if not all(0 <= x < 1e6 for x in levels):  # NaN and inf fail too
+        p.error(f"--overhead-us takes comma-separated microseconds in [0, 1e6), e.g. 0,200,800; got {args.overhead_us!r}")
     if args.baseline is None or not (args.baseline / "fastblt").is_dir():
         p.error("--baseline must be the root of a fastblt checkout (e.g. git worktree add /work/wt/baseline c27b73a)")
     model = str(Path(args.model).resolve())

@@ -269,7 +269,8 @@ class BLTState:
         return logits
 
     def decode_block(self, slot_ids: list[int], kv_block: torch.Tensor,
-                     clean_kv: torch.Tensor | None = None, with_clean: bool = False) -> torch.Tensor:
+                     clean_kv: torch.Tensor | None = None,
+                     with_clean: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One BLT-D decoder pass in the inference layout (Fast BLT §3.1.1, Fig. 3; one decoder NFE).
 
         Rows: the clean rows n_dec .. N − 1 not yet decoded (they enter the decoder KV cache), then B
